@@ -1,0 +1,22 @@
+"""panopticlab: panoptic segmentation with Panoptic-DeepLab and SOGNet, evaluated exactly.
+
+The names a user needs most are importable from here; everything else lives in its module
+(see docs/architecture.md).
+"""
+
+from panopticlab.data.coco_panoptic import Categories
+from panopticlab.errors import InputError
+from panopticlab.structures import PanopticResult, Segment, from_label_map, id2rgb, rgb2id, to_label_map
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Categories",
+    "InputError",
+    "PanopticResult",
+    "Segment",
+    "from_label_map",
+    "id2rgb",
+    "rgb2id",
+    "to_label_map",
+]
