@@ -32,6 +32,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from panopticlab.data.coco_panoptic import load_panoptic_json, read_panoptic_annotation
+from panopticlab.data.transforms import masks_to_boxes
 from panopticlab.errors import InputError
 from panopticlab.fileio import read_json
 
@@ -169,14 +170,10 @@ def _instance_tensors(annotations, height: int, width: int, categories, source: 
             masks[k] = _decode_segmentation(ann["segmentation"], height, width)
         except (ValueError, TypeError, KeyError) as e:
             raise InputError(f"{source}: annotation {ann.get('id', k)} has an unreadable segmentation ({e})") from None
-    boxes = np.zeros((len(annotations), 4), dtype=np.float32)
-    for k in range(len(annotations)):
-        ys, xs = np.nonzero(masks[k])
-        if len(xs):
-            boxes[k] = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    masks = torch.from_numpy(masks)
     return {
-        "masks": torch.from_numpy(masks),
-        "boxes": torch.from_numpy(boxes),
+        "masks": masks,
+        "boxes": masks_to_boxes(masks),
         "labels": torch.tensor([categories.to_contiguous(a["category_id"]) for a in annotations], dtype=torch.int64),
         "iscrowd": torch.tensor([bool(a.get("iscrowd", 0)) for a in annotations], dtype=torch.bool),
         "depth": torch.tensor([a.get("depth", -1) for a in annotations], dtype=torch.int64),
