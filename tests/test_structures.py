@@ -109,3 +109,17 @@ def test_label_map_round_trip_keeps_the_partition_and_categories():
         assert back.segment(int(ids[0])).category_id == s.category_id
         assert back.segment(int(ids[0])).area == s.area
     assert (back.id_map == 0).sum() == (original.id_map == 0).sum()
+
+
+def test_segment_stats_agree_for_small_and_large_ids():
+    """The counting path (small ids) and the sorting path (ids up to 256**3) give the same answer."""
+    rng = np.random.default_rng(1)
+    small = rng.integers(0, 6, size=(40, 50))
+    large = np.array([0, 70_000, 5_000_000, 16_000_000, 1, 2])[small]
+    relabel = dict(zip(range(6), [0, 70_000, 5_000_000, 16_000_000, 1, 2]))
+    got_small = {relabel[i]: (a, b) for i, a, b in segment_stats(small)}
+    got_large = {i: (a, b) for i, a, b in segment_stats(large)}
+    assert got_small == got_large
+    for i, (area, (x, y, w, h)) in got_large.items():
+        ys, xs = np.nonzero(large == i)
+        assert area == len(xs) and (x, y, w, h) == (xs.min(), ys.min(), xs.max() - x + 1, ys.max() - y + 1)

@@ -193,8 +193,18 @@ def segment_stats(id_map: np.ndarray) -> list[tuple[int, int, list[int]]]:
     id_map = np.asarray(id_map)
     if id_map.size == 0:
         return []
-    ids, inverse, areas = np.unique(id_map.ravel(), return_inverse=True, return_counts=True)
-    inverse = inverse.reshape(id_map.shape)
+    flat = id_map.ravel()
+    if flat.min() >= 0 and flat.max() < max(1 << 16, 4 * flat.size):
+        # Small non-negative ids (the usual case): counting beats np.unique's sort.
+        counts = np.bincount(flat)
+        ids = np.flatnonzero(counts)
+        areas = counts[ids]
+        compact = np.zeros(len(counts), dtype=np.intp)
+        compact[ids] = np.arange(len(ids))
+        inverse = compact[id_map]
+    else:
+        ids, inverse, areas = np.unique(flat, return_inverse=True, return_counts=True)
+        inverse = inverse.reshape(id_map.shape)
     h, w = id_map.shape
     n = len(ids)
     # Per id, the first and last row and column it occupies: reduce over rows/columns first

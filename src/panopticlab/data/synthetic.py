@@ -1,0 +1,806 @@
+"""The built-in dataset: overlapping shapes on textured stuff, with occlusions known exactly.
+
+Each image is a scene of large *stuff* regions (sky, grass, water, wall, sand: a warped
+Voronoi partition, each class with its own texture and per-image jittered colours) and
+*things* in front of them (circle, square, triangle, star, ring, hexagon of random size,
+rotation, colour and texture). Things are painted back to front, so where they overlap the
+front one is visible; their full (*amodal*) masks and depth order are kept, so the exact
+occlusion graph of every image is known. Crowd clumps (several small things of one class
+labelled as one ``iscrowd`` segment) and VOID pixels (a border band, noise blobs) exercise
+the remaining rules of panoptic evaluation.
+
+:func:`generate_sample` makes one image in memory; :func:`generate_split` writes a COCO
+panoptic split plus ``instances.json`` (amodal masks as RLE, depth, link to the visible
+segment). Everything is deterministic for a seed, whatever the number of worker processes:
+image ``index`` draws from its own ``np.random.SeedSequence([seed, index])``.
+See docs/synthetic.md for the files, their fields and the invariants.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from itertools import combinations
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+from PIL import Image, ImageDraw
+from pycocotools import mask as mask_utils
+
+from panopticlab.data.coco_panoptic import panoptic_annotation, write_panoptic_json, write_panoptic_png
+from panopticlab.errors import InputError
+from panopticlab.fileio import read_json, write_json
+from panopticlab.structures import VOID_ID, PanopticResult
+
+#: Bumped whenever the same seed and config would produce different files.
+GENERATOR_VERSION = 1
+
+# Ids are non-contiguous on purpose (things 1..6, stuff 11..15), so that every consumer
+# has to go through Categories' contiguous mapping.
+SHAPES_CATEGORIES: list[dict[str, Any]] = [
+    {"id": 1, "name": "circle", "supercategory": "shape", "isthing": 1, "color": [220, 20, 60]},
+    {"id": 2, "name": "square", "supercategory": "shape", "isthing": 1, "color": [0, 0, 230]},
+    {"id": 3, "name": "triangle", "supercategory": "shape", "isthing": 1, "color": [255, 140, 0]},
+    {"id": 4, "name": "star", "supercategory": "shape", "isthing": 1, "color": [255, 215, 0]},
+    {"id": 5, "name": "ring", "supercategory": "shape", "isthing": 1, "color": [148, 0, 211]},
+    {"id": 6, "name": "hexagon", "supercategory": "shape", "isthing": 1, "color": [0, 200, 200]},
+    {"id": 11, "name": "sky", "supercategory": "sky", "isthing": 0, "color": [135, 190, 240]},
+    {"id": 12, "name": "grass", "supercategory": "ground", "isthing": 0, "color": [80, 150, 40]},
+    {"id": 13, "name": "water", "supercategory": "water", "isthing": 0, "color": [20, 60, 140]},
+    {"id": 14, "name": "wall", "supercategory": "building", "isthing": 0, "color": [150, 80, 70]},
+    {"id": 15, "name": "sand", "supercategory": "ground", "isthing": 0, "color": [220, 195, 140]},
+]
+_NAME_TO_ID = {c["name"]: c["id"] for c in SHAPES_CATEGORIES}
+THING_IDS: list[int] = [c["id"] for c in SHAPES_CATEGORIES if c["isthing"]]
+STUFF_IDS: list[int] = [c["id"] for c in SHAPES_CATEGORIES if not c["isthing"]]
+
+
+@dataclass(frozen=True)
+class ShapesConfig:
+    """Every knob of the generator. Sizes are fractions of the shorter image side.
+
+    Attributes:
+        height, width: image size in pixels.
+        min_objects, max_objects: number of things per image (before crowd clumps).
+        min_size, max_size: thing diameter, as a fraction of the shorter side.
+        overlap: probability that a thing is placed to overlap an earlier one; otherwise it
+            is placed clear of all earlier things where a free spot is found.
+        min_visible: a thing is either fully hidden or at least this fraction of its amodal
+            mask is visible (placements that would leave a smaller sliver are retried).
+        min_stuff, max_stuff: number of stuff classes per image.
+        crowd: probability that an image has one crowd clump.
+        crowd_min_objects, crowd_max_objects: small things in a clump.
+        void: probability of each kind of VOID per image (a border band, noise blobs).
+        void_border: width of the VOID border band in pixels.
+        void_blobs: largest number of VOID noise blobs.
+        noise: largest standard deviation of the Gaussian pixel noise (drawn per image).
+    """
+
+    height: int = 256
+    width: int = 256
+    min_objects: int = 3
+    max_objects: int = 8
+    min_size: float = 0.12
+    max_size: float = 0.30
+    overlap: float = 0.5
+    min_visible: float = 0.2
+    min_stuff: int = 2
+    max_stuff: int = 4
+    crowd: float = 0.15
+    crowd_min_objects: int = 5
+    crowd_max_objects: int = 9
+    void: float = 0.2
+    void_border: int = 4
+    void_blobs: int = 2
+    noise: float = 6.0
+
+    def __post_init__(self) -> None:
+        rules = [
+            (min(self.height, self.width) >= 32, "height and width must be at least 32"),
+            (0 <= self.min_objects <= self.max_objects, "need 0 <= min_objects <= max_objects"),
+            (0 < self.min_size <= self.max_size <= 1, "need 0 < min_size <= max_size <= 1"),
+            (1 <= self.min_stuff <= self.max_stuff <= len(STUFF_IDS), "need 1 <= min_stuff <= max_stuff <= 5"),
+            (1 <= self.crowd_min_objects <= self.crowd_max_objects, "need 1 <= crowd_min_objects <= crowd_max_objects"),
+            (min(self.void_border, self.void_blobs, self.noise) >= 0, "void_border, void_blobs and noise must be >= 0"),
+        ]
+        for name in ("overlap", "min_visible", "crowd", "void"):
+            rules.append((0 <= getattr(self, name) <= 1, f"{name} must lie in [0, 1]"))
+        for ok, problem in rules:
+            if not ok:
+                raise InputError(f"shapes dataset: {problem}, got {self}")
+
+
+@dataclass
+class ShapeInstance:
+    """One thing instance (or crowd clump) of an image.
+
+    Attributes:
+        mask: bool [H, W], the amodal mask: every pixel of the shape, hidden or not.
+        category_id: a thing category of :data:`SHAPES_CATEGORIES`.
+        depth: 0 = in front of every other thing; larger is further back.
+        iscrowd: a clump of small things labelled as one segment.
+        panoptic_segment_id: id of its visible segment in the panoptic map, None when fully hidden.
+    """
+
+    mask: np.ndarray
+    category_id: int
+    depth: int
+    iscrowd: bool
+    panoptic_segment_id: int | None
+
+
+@dataclass
+class ShapesSample:
+    """One generated image with its ground truth.
+
+    Attributes:
+        image: uint8 [H, W, 3] RGB.
+        panoptic: the visible segmentation (int32 id map [H, W], 0 = VOID, and its segments).
+        instances: the things, front to back (``instances[k].depth == k``).
+    """
+
+    image: np.ndarray
+    panoptic: PanopticResult
+    instances: list[ShapeInstance]
+
+
+# --------------------------------------------------------------------------------------
+# One image
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Thing:
+    """A thing while the scene is built: amodal mask and where it was placed."""
+
+    category_id: int
+    mask: np.ndarray  # bool [H, W]
+    parts: list[np.ndarray]  # masks painted one by one: [mask] for a shape, the members of a crowd clump
+    iscrowd: bool
+    center: tuple[float, float]  # (row, column)
+    radius: float
+
+
+def generate_sample(config: ShapesConfig, seed: int, index: int) -> ShapesSample:
+    """Generate image ``index`` of the dataset with this ``seed``: same arguments, same sample."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
+    h, w = config.height, config.width
+    stuff = _stuff_layout(rng, config)
+    image = _paint_stuff(rng, stuff)
+    things = _place_things(rng, config)  # back to front
+    for thing in things:
+        _paint_thing(rng, image, thing)
+    image += rng.standard_normal((h, w, 3), dtype=np.float32) * rng.uniform(0, config.noise)
+    void = _void_mask(rng, config)
+    image[void] = rng.uniform(0, 255, size=(int(void.sum()), 3))
+    image = np.clip(image, 0, 255).round().astype(np.uint8)
+    panoptic, thing_segment_ids = _panoptic_result(stuff, things, void)
+    present = {s.id for s in panoptic.segments}
+    instances = [
+        ShapeInstance(
+            mask=thing.mask,
+            category_id=thing.category_id,
+            depth=depth,
+            iscrowd=thing.iscrowd,
+            panoptic_segment_id=segment_id if segment_id in present else None,
+        )
+        for depth, (thing, segment_id) in enumerate(zip(things[::-1], thing_segment_ids[::-1]))
+    ]
+    return ShapesSample(image, panoptic, instances)
+
+
+def _panoptic_result(
+    stuff: np.ndarray, things: list[_Thing], void: np.ndarray
+) -> tuple[PanopticResult, list[int]]:
+    """Compose the visible id map: stuff, then things back to front, then VOID on top.
+
+    Returns the result and each thing's segment id (in the order of ``things``); a thing
+    that ends up with no visible pixel has no segment in the result.
+    """
+    stuff_ids = _present(stuff)
+    category_of = {k + 1: cat for k, cat in enumerate(stuff_ids)}
+    lut = np.zeros(max(stuff_ids) + 1, dtype=np.int32)
+    lut[stuff_ids] = list(category_of)
+    id_map = lut[stuff]
+    thing_segment_ids = []
+    for thing in things:
+        segment_id = len(category_of) + 1
+        category_of[segment_id] = thing.category_id
+        id_map[thing.mask] = segment_id
+        thing_segment_ids.append(segment_id)
+    id_map[void] = VOID_ID
+    crowd_ids = [s for s, t in zip(thing_segment_ids, things) if t.iscrowd]
+    result = PanopticResult.from_id_map(id_map, category_of, THING_IDS, crowd_ids=crowd_ids)
+    return result, thing_segment_ids
+
+
+# --- stuff -----------------------------------------------------------------------------
+
+
+def _stuff_layout(rng: np.random.Generator, config: ShapesConfig) -> np.ndarray:
+    """A warped Voronoi partition of the image into stuff classes.
+
+    Returns:
+        uint8 [H, W] of stuff category ids. A class may own several cells (one segment still).
+    """
+    h, w = config.height, config.width
+    n_classes = int(rng.integers(config.min_stuff, config.max_stuff + 1))
+    classes = rng.choice(STUFF_IDS, size=n_classes, replace=False)
+    cell_class = np.concatenate([classes, rng.choice(classes, size=int(rng.integers(0, 3)))])
+    seeds = _spread_points(rng, len(cell_class), min_distance=0.3)
+    y = np.linspace(0, 1, h, dtype=np.float32)[:, None]
+    x = np.linspace(0, 1, w, dtype=np.float32)[None, :]
+    # Sinusoidal warping turns the straight Voronoi edges into wavy, natural-looking borders.
+    wy, wx = y + _wave(rng, y, x), x + _wave(rng, y, x)
+    distance = (wy[None] - seeds[:, 0, None, None]) ** 2 + (wx[None] - seeds[:, 1, None, None]) ** 2
+    return cell_class.astype(np.uint8)[np.argmin(distance, axis=0)]
+
+
+def _spread_points(rng: np.random.Generator, n: int, min_distance: float) -> np.ndarray:
+    """``n`` points in the unit square, each at least ``min_distance`` from the others where
+    a few tries find such a spot (so that no stuff cell is a sliver). float32 [n, 2] (y, x)."""
+    points: list[np.ndarray] = []
+    for _ in range(n):
+        for _attempt in range(20):
+            p = rng.uniform(0, 1, size=2)
+            if all(np.hypot(*(p - q)) >= min_distance for q in points):
+                break
+        points.append(p)
+    return np.array(points, dtype=np.float32)
+
+
+def _wave(rng: np.random.Generator, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Sum of two random low-frequency plane waves over y [H, 1] and x [1, W] in [0, 1]. float32 [H, W]."""
+    total = np.zeros((y.shape[0], x.shape[1]), dtype=np.float32)
+    for _ in range(2):
+        fy, fx = rng.uniform(0.5, 2.5, size=2) * rng.choice([-1, 1], size=2)
+        a = 2 * np.pi * fy * y + rng.uniform(0, 2 * np.pi)
+        b = 2 * np.pi * fx * x
+        # sin(a + b) expanded, so that only 1-D sines are evaluated.
+        total += rng.uniform(0.03, 0.08) * (np.sin(a) * np.cos(b) + np.cos(a) * np.sin(b))
+    return total
+
+
+def _paint_stuff(rng: np.random.Generator, stuff: np.ndarray) -> np.ndarray:
+    """Texture every stuff region with its class's texture. float32 [H, W, 3] in 0..255."""
+    h, w = stuff.shape
+    scale = min(h, w) / 256  # textures are designed at 256 px and scaled with the image
+    image = np.zeros((h, w, 3), dtype=np.float32)
+    for category_id in _present(stuff):
+        region = stuff == category_id
+        rows, cols = _bounding_box(region)
+        texture = _STUFF_TEXTURES[category_id](rng, *_coordinates(rows, cols), scale)
+        np.copyto(image[rows, cols], texture, where=region[rows, cols, None])
+    return image
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[slice, slice]:
+    """Rows and columns of the smallest box around a non-empty bool mask [H, W]."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+
+
+def _coordinates(rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates of a box: float32 rows [h, 1] and columns [1, w]."""
+    y = np.arange(rows.start, rows.stop, dtype=np.float32)[:, None]
+    return y, np.arange(cols.start, cols.stop, dtype=np.float32)[None, :]
+
+
+def _present(labels: np.ndarray) -> list[int]:
+    """The values present in a small-integer label map, in increasing order."""
+    return np.flatnonzero(np.bincount(labels.ravel())).tolist()
+
+
+def _jitter(rng: np.random.Generator, rgb: tuple[float, float, float], amount: float = 25) -> np.ndarray:
+    """A per-image variant of a class colour: shifted per channel and in brightness. float32 [3]."""
+    shifted = np.asarray(rgb, dtype=np.float32) + rng.uniform(-amount, amount, size=3)
+    return (shifted * rng.uniform(0.85, 1.15)).astype(np.float32)
+
+
+# A stuff texture: (rng, y, x, scale) -> float32 [h, w, 3] in about 0..255, where y [h, 1] and
+# x [1, w] are the pixel rows and columns to texture and scale = (shorter image side) / 256.
+_Texture = Callable[[np.random.Generator, np.ndarray, np.ndarray, float], np.ndarray]
+
+
+def _sky(rng: np.random.Generator, y: np.ndarray, x: np.ndarray, scale: float) -> np.ndarray:
+    """Smooth gradient from deep to pale blue, nearly vertical."""
+    top, bottom = _jitter(rng, (70, 130, 215)), _jitter(rng, (175, 210, 245))
+    tilt = rng.uniform(-0.3, 0.3)
+    t = (y * math.cos(tilt) + x * math.sin(tilt)) / (256 * scale)
+    return top + np.clip(t, 0, 1)[..., None] * (bottom - top)
+
+
+def _grass(rng: np.random.Generator, y: np.ndarray, x: np.ndarray, scale: float) -> np.ndarray:
+    """Green with fine vertical streaks (noise blurred along columns)."""
+    length = max(2, round(8 * scale))
+    noise = np.cumsum(rng.standard_normal((y.shape[0] + length, x.shape[1]), dtype=np.float32), axis=0)
+    streaks = (noise[length:] - noise[:-length]) / math.sqrt(length)  # unit std
+    return _jitter(rng, (70, 140, 50)) + streaks[..., None] * np.array([12, 22, 8], dtype=np.float32)
+
+
+def _water(rng: np.random.Generator, y: np.ndarray, x: np.ndarray, scale: float) -> np.ndarray:
+    """Blue-teal with horizontal waves whose crests meander."""
+    wavelength, meander = rng.uniform(6, 11) * scale, rng.uniform(40, 90) * scale
+    phase = 2.0 * np.sin(2 * np.pi * x / meander + rng.uniform(0, 2 * np.pi))
+    waves = np.sin(2 * np.pi * y / wavelength + phase)
+    return _jitter(rng, (35, 90, 150)) + waves[..., None] * np.array([10, 18, 24], dtype=np.float32)
+
+
+def _wall(rng: np.random.Generator, y: np.ndarray, x: np.ndarray, scale: float) -> np.ndarray:
+    """Bricks (red or grey stone) in offset rows, with light mortar and per-brick shading."""
+    brick_h = rng.uniform(9, 14) * scale
+    brick_w = brick_h * rng.uniform(2.0, 2.6)
+    mortar = max(1.0, 1.5 * scale)
+    row = np.floor(y / brick_h)
+    shifted_x = x + (row % 2) * brick_w / 2
+    col = np.floor(shifted_x / brick_w)
+    row, col = (row - row.min()).astype(int), (col - col.min()).astype(int)
+    shade = rng.normal(0, 10, size=(row.max() + 1, col.max() + 1)).astype(np.float32)
+    brick = _jitter(rng, (165, 75, 60) if rng.random() < 0.6 else (135, 130, 125))
+    image = brick + shade[row, col][..., None]
+    is_mortar = ((y % brick_h) < mortar) | ((shifted_x % brick_w) < mortar)
+    return np.where(is_mortar[..., None], _jitter(rng, (205, 200, 190), 15), image)
+
+
+def _sand(rng: np.random.Generator, y: np.ndarray, x: np.ndarray, scale: float) -> np.ndarray:
+    """Pale yellow with fine grain speckle and low diagonal dunes."""
+    angle, wavelength = rng.uniform(0, np.pi), rng.uniform(30, 60) * scale
+    dunes = 8 * np.sin(2 * np.pi * (x * math.cos(angle) + y * math.sin(angle)) / wavelength)
+    grain = rng.uniform(-18, 18, size=dunes.shape).astype(np.float32)
+    return _jitter(rng, (215, 190, 135)) + (dunes + grain)[..., None]
+
+
+_STUFF_TEXTURES: dict[int, _Texture] = {
+    _NAME_TO_ID["sky"]: _sky,
+    _NAME_TO_ID["grass"]: _grass,
+    _NAME_TO_ID["water"]: _water,
+    _NAME_TO_ID["wall"]: _wall,
+    _NAME_TO_ID["sand"]: _sand,
+}
+
+
+# --- things ----------------------------------------------------------------------------
+
+# Circumradius per unit of "size radius", so that the shapes have comparable areas.
+_RADIUS_SCALE = {"circle": 1.0, "square": 1.15, "triangle": 1.35, "star": 1.3, "ring": 1.05, "hexagon": 1.05}
+_SHAPE_NAMES = {c["id"]: c["name"] for c in SHAPES_CATEGORIES if c["isthing"]}
+_CORNERS = {"triangle": 3, "square": 4, "hexagon": 6}
+_PLACEMENT_TRIES = 12
+_YX = tuple[float, float]  # a point (row, column) in pixels
+
+
+def _shape_mask(
+    rng: np.random.Generator, shape: str, center: _YX, radius: float, angle: float, hw: tuple[int, int]
+) -> np.ndarray:
+    """Rasterise one shape. ``radius`` is the circumradius in pixels (ring holes are random);
+    returns bool [H, W]."""
+    canvas = Image.new("1", (hw[1], hw[0]))
+    draw = ImageDraw.Draw(canvas)
+    cy, cx = center
+    if shape in ("circle", "ring"):
+        draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=1)
+        if shape == "ring":
+            hole = radius * rng.uniform(0.45, 0.65)
+            draw.ellipse([cx - hole, cy - hole, cx + hole, cy + hole], fill=0)
+    elif shape == "star":
+        draw.polygon(_polygon(center, np.tile([radius, 0.45 * radius], 5), angle), fill=1)
+    else:
+        draw.polygon(_polygon(center, np.full(_CORNERS[shape], radius), angle), fill=1)
+    return np.array(canvas)  # a writable copy: the masks are handed to the user
+
+
+def _polygon(center: _YX, radii: np.ndarray, angle: float) -> list[tuple[float, float]]:
+    """Vertices (x, y) at evenly spaced angles from ``angle``, vertex k at distance ``radii[k]``."""
+    theta = angle + 2 * np.pi * np.arange(len(radii)) / len(radii)
+    return list(zip(center[1] + radii * np.cos(theta), center[0] + radii * np.sin(theta)))
+
+
+def _random_shape(
+    rng: np.random.Generator, category_id: int, center: _YX, size_radius: float, hw: tuple[int, int]
+) -> np.ndarray:
+    """A shape of ``category_id`` at ``center`` with random rotation. bool [H, W]."""
+    shape = _SHAPE_NAMES[category_id]
+    return _shape_mask(rng, shape, center, size_radius * _RADIUS_SCALE[shape], rng.uniform(0, 2 * np.pi), hw)
+
+
+class _Occupancy:
+    """Which placed thing is on top at each pixel, to keep every thing either fully hidden or
+    at least ``min_visible`` visible as things are added in front."""
+
+    def __init__(self, hw: tuple[int, int], min_visible: float):
+        self.top = np.full(hw, -1, dtype=np.int32)  # index of the front-most thing, -1 = none
+        self.visible: list[int] = []
+        self.amodal: list[int] = []
+        self.min_visible = min_visible
+
+    def _still_visible(self, mask: np.ndarray) -> np.ndarray:
+        """Visible pixels of each placed thing once ``mask`` is put in front. int [n]."""
+        covered = np.bincount(self.top[mask] + 1, minlength=len(self.visible) + 1)[1:]
+        return np.asarray(self.visible, dtype=np.int64) - covered
+
+    def leaves_sliver(self, mask: np.ndarray) -> bool:
+        """Would putting ``mask`` in front leave some thing with a visible part that is too small?"""
+        left = self._still_visible(mask)
+        return bool(np.any((left > 0) & (left < self.min_visible * np.asarray(self.amodal))))
+
+    def add(self, mask: np.ndarray) -> None:
+        self.visible = self._still_visible(mask).tolist()
+        area = int(mask.sum())
+        self.visible.append(area)
+        self.amodal.append(area)
+        self.top[mask] = len(self.visible) - 1
+
+
+def _place_things(rng: np.random.Generator, config: ShapesConfig) -> list[_Thing]:
+    """Choose and place the things of an image, back to front.
+
+    A thing that finds no placement which keeps every thing either hidden or visible
+    enough (``config.min_visible``) is left out.
+    """
+    hw = (config.height, config.width)
+    occupancy = _Occupancy(hw, config.min_visible)
+    kinds = ["shape"] * int(rng.integers(config.min_objects, config.max_objects + 1))
+    if rng.random() < config.crowd:
+        kinds.insert(int(rng.integers(0, len(kinds) + 1)), "crowd")
+    things: list[_Thing] = []
+    for kind in kinds:
+        if kind == "crowd":
+            thing = _place_crowd(rng, config, occupancy)
+        else:
+            thing = _place_shape(rng, config, things, occupancy)
+        if thing is not None:
+            occupancy.add(thing.mask)
+            things.append(thing)
+    return things
+
+
+def _place_shape(
+    rng: np.random.Generator, config: ShapesConfig, things: list[_Thing], occupancy: _Occupancy
+) -> _Thing | None:
+    """Place one shape in front of ``things``: overlapping a random earlier shape with
+    probability ``config.overlap``, else clear of all of them (or overlapping least)."""
+    hw = (config.height, config.width)
+    side = min(hw)
+    category_id = int(rng.choice(THING_IDS))
+    size_radius = rng.uniform(config.min_size, config.max_size) * side / 2
+    shapes = [t for t in things if not t.iscrowd]
+    target = shapes[int(rng.integers(len(shapes)))] if shapes and rng.random() < config.overlap else None
+    taken = occupancy.top >= 0
+    best: tuple[int, _Thing] | None = None
+    for _ in range(_PLACEMENT_TRIES):
+        if target is not None:
+            direction = rng.uniform(0, 2 * np.pi)
+            distance = rng.uniform(0.2, 0.8) * (size_radius + target.radius)
+            (ty, tx) = target.center
+            center = (ty + distance * math.sin(direction), tx + distance * math.cos(direction))
+        else:
+            center = (rng.uniform(0, hw[0]), rng.uniform(0, hw[1]))
+        # Keep at least about half of the shape inside the image.
+        center = tuple(float(np.clip(c, size_radius / 2, n - size_radius / 2)) for c, n in zip(center, hw))
+        mask = _random_shape(rng, category_id, center, size_radius, hw)
+        if not mask.any() or occupancy.leaves_sliver(mask):
+            continue
+        thing = _Thing(category_id, mask, [mask], False, center, size_radius)
+        if target is not None:
+            if (mask & target.mask).any():
+                return thing
+            continue
+        clash = int(np.count_nonzero(mask & taken))
+        if clash == 0:
+            return thing
+        if best is None or clash < best[0]:
+            best = (clash, thing)
+    return None if best is None else best[1]
+
+
+def _place_crowd(rng: np.random.Generator, config: ShapesConfig, occupancy: _Occupancy) -> _Thing | None:
+    """A clump of small shapes of one class, to be labelled as one crowd segment."""
+    hw = (config.height, config.width)
+    side = min(hw)
+    category_id = int(rng.choice(THING_IDS))
+    count = int(rng.integers(config.crowd_min_objects, config.crowd_max_objects + 1))
+    for _ in range(_PLACEMENT_TRIES):
+        center = (rng.uniform(0.15, 0.85) * hw[0], rng.uniform(0.15, 0.85) * hw[1])
+        offsets = rng.normal(0, 0.07 * side, size=(count, 2))
+        parts = [
+            _random_shape(rng, category_id, (center[0] + dy, center[1] + dx), rng.uniform(0.025, 0.045) * side, hw)
+            for dy, dx in offsets
+        ]
+        mask = np.logical_or.reduce(parts)
+        if mask.any() and not occupancy.leaves_sliver(mask):
+            return _Thing(category_id, mask, parts, True, center, 0.15 * side)
+    return None
+
+
+def _paint_thing(rng: np.random.Generator, image: np.ndarray, thing: _Thing) -> None:
+    """Paint a thing's parts over ``image`` (float32 [H, W, 3]) in a colour that stands out
+    from what is behind it, with a random texture (solid colour for the small crowd members)."""
+    for part in thing.parts:
+        if not part.any():  # a crowd member entirely outside the image
+            continue
+        box = _bounding_box(part)
+        inside = part[box]
+        region = image[box]
+        first = _contrasting_colour(rng, region[inside].mean(axis=0))
+        second = _contrasting_colour(rng, first)
+        kind = "solid" if thing.iscrowd else str(rng.choice(_PATTERNS))
+        pattern = _thing_pattern(rng, kind, inside.shape, min(image.shape[:2]) / 256)
+        region[inside] = (first + pattern[..., None] * (second - first))[inside]
+
+
+def _contrasting_colour(rng: np.random.Generator, other: np.ndarray, min_distance: float = 90) -> np.ndarray:
+    """A random RGB colour at least ``min_distance`` from ``other`` (where 10 draws find one). float32 [3]."""
+    for _ in range(10):
+        colour = rng.uniform(0, 255, size=3).astype(np.float32)
+        if np.linalg.norm(colour - other) >= min_distance:
+            break
+    return colour
+
+
+_PATTERNS = ("solid", "stripes", "checker", "dots")
+
+
+def _thing_pattern(rng: np.random.Generator, kind: str, hw: tuple[int, int], scale: float) -> np.ndarray:
+    """A texture of one of the :data:`_PATTERNS`, rotated by a random angle, in [0, 1]
+    (0 = first colour, 1 = second). float32 [h, w]."""
+    if kind == "solid":
+        return np.zeros(hw, dtype=np.float32)
+    y, x = _coordinates(slice(0, hw[0]), slice(0, hw[1]))
+    angle, period = rng.uniform(0, np.pi), rng.uniform(5, 10) * scale
+    u = (x * math.cos(angle) + y * math.sin(angle)) / period
+    v = (-x * math.sin(angle) + y * math.cos(angle)) / period
+    if kind == "stripes":
+        pattern = (u % 1) < 0.5
+    elif kind == "checker":
+        pattern = (np.floor(u) + np.floor(v)) % 2 == 1
+    else:  # dots
+        pattern = ((u % 1) - 0.5) ** 2 + ((v % 1) - 0.5) ** 2 < 0.09
+    return np.broadcast_to(pattern, hw).astype(np.float32)
+
+
+# --- VOID --------------------------------------------------------------------------------
+
+
+def _void_mask(rng: np.random.Generator, config: ShapesConfig) -> np.ndarray:
+    """Unlabeled pixels: a border band and/or irregular blobs, each with probability
+    ``config.void``. bool [H, W]."""
+    h, w = config.height, config.width
+    void = np.zeros((h, w), dtype=bool)
+    if config.void_border > 0 and rng.random() < config.void:
+        b = config.void_border
+        void[:b], void[-b:], void[:, :b], void[:, -b:] = True, True, True, True
+    if config.void_blobs > 0 and rng.random() < config.void:
+        canvas = Image.new("1", (w, h))
+        draw = ImageDraw.Draw(canvas)
+        for _ in range(int(rng.integers(1, config.void_blobs + 1))):
+            center = (rng.uniform(0, h), rng.uniform(0, w))
+            radii = rng.uniform(0.6, 1.0, size=10) * rng.uniform(0.04, 0.1) * min(h, w)
+            draw.polygon(_polygon(center, radii, 0.0), fill=1)
+        void |= np.asarray(canvas)
+    return void
+
+
+# --------------------------------------------------------------------------------------
+# Occlusions
+# --------------------------------------------------------------------------------------
+
+
+def occlusion_pairs(instances: list[ShapeInstance]) -> list[tuple[int, int]]:
+    """Pairs ``(front_index, back_index)`` of non-crowd things whose amodal masks overlap.
+
+    Indices are positions in ``instances``; ``front`` has the smaller depth. Where the two
+    masks overlap, the front one is visible (or something further in front, or VOID).
+    """
+    shapes = [k for k, inst in enumerate(instances) if not inst.iscrowd]
+    pairs = []
+    for a, b in combinations(shapes, 2):
+        if np.any(instances[a].mask & instances[b].mask):
+            pairs.append((a, b) if instances[a].depth < instances[b].depth else (b, a))
+    return pairs
+
+
+def iter_split_instances(
+    split_dir: str | os.PathLike,
+) -> Iterator[tuple[dict[str, Any], list[ShapeInstance]]]:
+    """Read a written split's ``instances.json``: per image (in file order) its image entry
+    and its instances, front to back, with the amodal masks decoded from RLE."""
+    json_file = Path(split_dir) / "instances.json"
+    document = read_json(json_file)
+    try:
+        by_image: dict[Any, list[ShapeInstance]] = {img["id"]: [] for img in document["images"]}
+        for ann in document["annotations"]:
+            rle = {"size": ann["segmentation"]["size"], "counts": ann["segmentation"]["counts"].encode("ascii")}
+            by_image[ann["image_id"]].append(
+                ShapeInstance(
+                    mask=mask_utils.decode(rle).astype(bool),
+                    category_id=int(ann["category_id"]),
+                    depth=int(ann["depth"]),
+                    iscrowd=bool(ann["iscrowd"]),
+                    panoptic_segment_id=ann["panoptic_segment_id"],
+                )
+            )
+    except (KeyError, TypeError, AttributeError) as e:
+        raise InputError(f"{json_file}: not an overlapping-shapes instances file ({e!r})") from None
+    for img in document["images"]:
+        yield img, sorted(by_image[img["id"]], key=lambda inst: inst.depth)
+
+
+def count_occlusion_pairs(split_dir: str | os.PathLike) -> int:
+    """Number of overlapping (front, back) thing pairs in a written split (see :func:`occlusion_pairs`)."""
+    return sum(len(occlusion_pairs(instances)) for _, instances in iter_split_instances(split_dir))
+
+
+# --------------------------------------------------------------------------------------
+# A split on disk
+# --------------------------------------------------------------------------------------
+
+
+def generate_split(
+    out_dir: str | os.PathLike,
+    num_images: int,
+    config: ShapesConfig = ShapesConfig(),
+    *,
+    seed: int = 0,
+    split: str = "train",
+    workers: int | None = None,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Generate ``num_images`` images and write them as ``out_dir/split``.
+
+    Writes ``images/<name>.png``, ``panoptic/<name>.png``, ``panoptic.json`` and
+    ``instances.json`` (see docs/synthetic.md) into a temporary folder beside the
+    destination, and renames it into place only when complete: an error leaves nothing
+    behind, and an existing split is replaced (with ``overwrite=True``) only then.
+
+    Args:
+        out_dir: parent folder of the split.
+        num_images: images to generate; image ``k`` is ``generate_sample(config, seed, k)``,
+            with image id ``k + 1`` (COCO tools treat id 0 as "none").
+        config: the generator's knobs.
+        seed: the files are byte-identical for the same seed, config and version,
+            whatever ``workers`` is.
+        split: name of the split folder.
+        workers: processes to generate with; None = one per usable CPU, 1 = in this process.
+        overwrite: replace an existing ``out_dir/split`` instead of raising InputError.
+        progress: called as ``progress(done, total)`` after each image.
+
+    Returns:
+        The split folder.
+    """
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", split):
+        raise InputError(f"split name {split!r}: use letters, digits, '_', '-' and '.' only")
+    if num_images < 1:
+        raise InputError(f"num_images must be at least 1, got {num_images}")
+    if seed < 0:
+        raise InputError(f"seed must be >= 0, got {seed}")
+    if workers is not None and workers < 1:
+        raise InputError(f"workers must be at least 1, got {workers}")
+    destination = Path(out_dir) / split
+    if destination.exists() and not overwrite:
+        raise InputError(f"{destination}: already exists (pass overwrite=True to replace it)")
+    if destination.exists() and not destination.is_dir():
+        raise InputError(f"{destination}: exists and is not a folder")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{split}.", suffix=".partial", dir=destination.parent))
+    try:
+        (staging / "images").mkdir()
+        (staging / "panoptic").mkdir()
+        jobs = [(config, seed, index, str(staging)) for index in range(num_images)]
+        records = []
+        for record in _run_jobs(jobs, workers):
+            records.append(record)
+            if progress is not None:
+                progress(len(records), num_images)
+        _write_split_json(staging, records, config, seed, split)
+        _move_into_place(staging, destination, overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return destination
+
+
+def _run_jobs(jobs: list[tuple[ShapesConfig, int, int, str]], workers: int | None) -> Iterator[dict[str, Any]]:
+    """Yield ``_generate_and_write(job)`` for each job, in order, in ``workers`` processes."""
+    workers = min(workers or _usable_cpus(), len(jobs))
+    if workers <= 1:
+        yield from map(_generate_and_write, jobs)
+        return
+    # spawn: the same on every OS, and safe when the caller has threads (torch) running.
+    pool = multiprocessing.get_context("spawn").Pool(workers)
+    try:
+        yield from pool.imap(_generate_and_write, jobs, chunksize=max(1, min(16, len(jobs) // (4 * workers))))
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may run on (fewer than ``os.cpu_count()`` in a container or under taskset)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _generate_and_write(job: tuple[ShapesConfig, int, int, str]) -> dict[str, Any]:
+    """Generate one image, write its image and panoptic PNG, and return its JSON entries:
+    ``{"image": ..., "panoptic": ..., "instances": [...]}`` (instances without ids yet)."""
+    config, seed, index, folder = job
+    sample = generate_sample(config, seed, index)
+    image_id = index + 1
+    name = f"{image_id:06d}.png"
+    # PNG, not JPEG: lossless, so every image pixel agrees with its label (JPEG blurs colour
+    # across the exact edges this dataset is about).
+    Image.fromarray(sample.image).save(Path(folder) / "images" / name, compress_level=1)
+    write_panoptic_png(Path(folder) / "panoptic" / name, sample.panoptic.id_map)
+    return {
+        "image": {"id": image_id, "file_name": name, "height": config.height, "width": config.width},
+        "panoptic": panoptic_annotation(image_id, name, sample.panoptic),
+        "instances": [_instance_annotation(image_id, inst) for inst in sample.instances],
+    }
+
+
+def _instance_annotation(image_id: int, instance: ShapeInstance) -> dict[str, Any]:
+    """COCO detection entry of one thing: amodal RLE, its area and bbox, depth and visible segment."""
+    rle = mask_utils.encode(np.asfortranarray(instance.mask, dtype=np.uint8))
+    return {
+        "image_id": image_id,
+        "category_id": instance.category_id,
+        "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
+        "area": int(mask_utils.area(rle)),
+        "bbox": [int(v) for v in mask_utils.toBbox(rle)],
+        "iscrowd": int(instance.iscrowd),
+        "depth": instance.depth,
+        "panoptic_segment_id": instance.panoptic_segment_id,
+    }
+
+
+def _write_split_json(
+    folder: Path, records: list[dict[str, Any]], config: ShapesConfig, seed: int, split: str
+) -> None:
+    """Write ``panoptic.json`` and ``instances.json``; annotation ids run 1, 2, ... over the split."""
+    info = {
+        "description": "panopticlab overlapping shapes",
+        "generator": "panopticlab.data.synthetic",
+        "generator_version": GENERATOR_VERSION,
+        "seed": seed,
+        "split": split,
+        "num_images": len(records),
+        "config": asdict(config),
+    }
+    images = [r["image"] for r in records]
+    panoptic = [r["panoptic"] for r in records]
+    write_panoptic_json(folder / "panoptic.json", images, panoptic, SHAPES_CATEGORIES, info=info)
+    instances = [inst for r in records for inst in r["instances"]]
+    for annotation_id, inst in enumerate(instances, start=1):
+        inst["id"] = annotation_id
+    things = [c for c in SHAPES_CATEGORIES if c["isthing"]]
+    document = {"info": info, "images": images, "annotations": instances, "categories": things}
+    write_json(folder / "instances.json", document)
+
+
+def _move_into_place(staging: Path, destination: Path, overwrite: bool) -> None:
+    """Rename the finished ``staging`` folder to ``destination``, replacing an existing one
+    only if ``overwrite``; the old folder is kept until the new one is in place."""
+    if not destination.exists():
+        os.rename(staging, destination)
+        return
+    if not overwrite:  # it appeared while we were generating
+        raise InputError(f"{destination}: already exists (pass overwrite=True to replace it)")
+    old = staging.with_suffix(".old")
+    os.rename(destination, old)
+    try:
+        os.rename(staging, destination)
+    except BaseException:
+        os.rename(old, destination)
+        raise
+    shutil.rmtree(old)
