@@ -6,6 +6,7 @@ The names a user needs most are importable from here; everything else lives in i
 
 from panopticlab.data.coco_panoptic import Categories
 from panopticlab.errors import InputError
+from panopticlab.evaluation import pq_compute
 from panopticlab.structures import PanopticResult, Segment, from_label_map, id2rgb, rgb2id, to_label_map
 
 __version__ = "0.1.0"
@@ -17,6 +18,7 @@ __all__ = [
     "Segment",
     "from_label_map",
     "id2rgb",
+    "pq_compute",
     "rgb2id",
     "to_label_map",
 ]
