@@ -1,0 +1,177 @@
+"""The ``panopticlab`` command.
+
+Each sub-command is a pair of functions: ``_add_<name>(subparsers)`` declares its
+arguments and ``_run_<name>(args) -> int`` calls the library. Imports of heavy modules
+happen inside the run functions so that ``panopticlab --help`` stays fast.
+
+A user mistake (:class:`~panopticlab.errors.InputError`) is printed on one line and the
+command exits with status 2, like argparse's own usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from panopticlab.errors import InputError
+
+
+def _add_synth(subparsers) -> None:
+    from panopticlab.data.synthetic import ShapesConfig
+
+    defaults = ShapesConfig()
+    p = subparsers.add_parser("synth", help="generate the built-in overlapping-shapes dataset")
+    p.add_argument("--out", required=True, type=Path, help="dataset folder; the split is written to OUT/SPLIT")
+    p.add_argument("--num-images", type=int, default=500)
+    p.add_argument("--split", default="train")
+    p.add_argument("--height", type=int, default=defaults.height)
+    p.add_argument("--width", type=int, default=defaults.width)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overlap", type=float, default=defaults.overlap, help="chance that an object is placed to overlap another")
+    p.add_argument("--crowd", type=float, default=defaults.crowd, help="chance of a crowd clump per image")
+    p.add_argument("--void", type=float, default=defaults.void, help="chance of VOID blobs/border per image")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing split (only once the new one is complete)")
+    p.add_argument("--pictures", type=int, default=0, metavar="N", help="also draw the first N images to OUT/SPLIT_pictures")
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from panopticlab.data.synthetic import ShapesConfig, generate_split
+    from panopticlab.progress import progress_bar
+
+    if args.num_images < 1:
+        raise InputError(f"--num-images must be at least 1, got {args.num_images}")
+    config = replace(
+        ShapesConfig(),
+        height=args.height,
+        width=args.width,
+        overlap=args.overlap,
+        crowd=args.crowd,
+        void=args.void,
+    )
+    with progress_bar(f"synth {args.split}", total=args.num_images) as advance:
+        split_dir = generate_split(
+            args.out,
+            args.num_images,
+            config,
+            seed=args.seed,
+            split=args.split,
+            workers=args.workers,
+            overwrite=args.overwrite,
+            progress=lambda done, total: advance(1),
+        )
+    print(f"wrote {args.num_images} images to {split_dir}")
+    if args.pictures:
+        _draw_split(split_dir, split_dir.parent / f"{split_dir.name}_pictures", args.pictures)
+    return 0
+
+
+def _add_visualize(subparsers) -> None:
+    p = subparsers.add_parser(
+        "visualize",
+        help="draw images with their panoptic segmentation",
+        description="Draw image | overlay | segments, with a legend. Give a split folder (images/, panoptic/, "
+        "panoptic.json) or the three paths explicitly.",
+    )
+    p.add_argument("split", nargs="?", type=Path, help="a split folder as written by 'panopticlab synth'")
+    p.add_argument("--panoptic-json", type=Path)
+    p.add_argument("--panoptic-folder", type=Path)
+    p.add_argument("--image-folder", type=Path)
+    p.add_argument("--out", required=True, type=Path, help="folder for the pictures")
+    p.add_argument("--num", type=int, default=16, help="how many images to draw")
+
+
+def _run_visualize(args: argparse.Namespace) -> int:
+    from panopticlab.data.dataset import CocoPanopticDataset
+
+    explicit = (args.panoptic_json, args.panoptic_folder, args.image_folder)
+    if args.split is not None:
+        dataset = CocoPanopticDataset.from_split_folder(args.split)
+    elif all(p is not None for p in explicit):
+        dataset = CocoPanopticDataset(args.image_folder, args.panoptic_json, args.panoptic_folder)
+    else:
+        raise InputError("visualize needs a split folder, or --panoptic-json, --panoptic-folder and --image-folder")
+    written = _draw_dataset(dataset, args.out, args.num)
+    print(f"wrote {written} pictures to {args.out}")
+    return 0
+
+
+def _draw_split(split_dir: Path, out: Path, num: int) -> int:
+    from panopticlab.data.dataset import CocoPanopticDataset
+
+    return _draw_dataset(CocoPanopticDataset.from_split_folder(split_dir), out, num)
+
+
+def _draw_dataset(dataset, out: Path, num: int) -> int:
+    from panopticlab.visualize import render_ground_truth, save_picture
+
+    count = min(num, len(dataset))
+    for k in range(count):
+        item = dataset[k]
+        image = item["image"].permute(1, 2, 0).numpy()
+        picture = render_ground_truth(image, item["panoptic"], dataset.categories)
+        save_picture(picture, out / f"{Path(item['file_name']).stem}.png")
+    return count
+
+
+def _add_demo(subparsers) -> None:
+    p = subparsers.add_parser("demo", help="the built-in default: shapes data -> pictures (and, later, train + evaluate)")
+    p.add_argument("--output", type=Path, default=Path("outputs/demo"))
+    p.add_argument("--num-images", type=int, default=400, help="training images (validation gets a quarter)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from panopticlab.demo import run_demo
+
+    run_demo(args.output, num_train=args.num_images, seed=args.seed)
+    return 0
+
+
+def _add_evaluate(subparsers) -> None:
+    from panopticlab.evaluation.cli import add_evaluate_arguments
+
+    p = subparsers.add_parser("evaluate", help="PQ/SQ/RQ of COCO panoptic predictions (panopticapi's rules)")
+    add_evaluate_arguments(p)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from panopticlab.evaluation.cli import run_evaluate
+
+    return run_evaluate(args)
+
+
+COMMANDS: dict[str, tuple[Callable, Callable[[argparse.Namespace], int]]] = {
+    "synth": (_add_synth, _run_synth),
+    "visualize": (_add_visualize, _run_visualize),
+    "demo": (_add_demo, _run_demo),
+    "evaluate": (_add_evaluate, _run_evaluate),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="panopticlab", description="Panoptic segmentation toolkit.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add, _ in COMMANDS.values():
+        add(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command][1](args)
+    except InputError as e:
+        print(f"panopticlab {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"panopticlab {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

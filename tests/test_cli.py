@@ -1,0 +1,72 @@
+"""The command line: exit codes, one-line errors, and the files each command writes."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from panopticlab.cli import main
+
+
+def test_synth_writes_a_split_and_refuses_to_overwrite_it(tmp_path, capsys):
+    args = ["synth", "--out", str(tmp_path), "--num-images", "3", "--height", "64", "--width", "64", "--workers", "1"]
+    assert main(args + ["--pictures", "2"]) == 0
+    split = tmp_path / "train"
+    panoptic = json.loads((split / "panoptic.json").read_text())
+    assert len(panoptic["images"]) == 3 and panoptic["info"]["config"]["height"] == 64
+    assert len(list((split / "panoptic").glob("*.png"))) == 3
+    assert len(list((tmp_path / "train_pictures").glob("*.png"))) == 2
+    before = (split / "panoptic.json").read_bytes()
+
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already exists" in err and str(split) in err
+    assert (split / "panoptic.json").read_bytes() == before
+
+
+def test_synth_rejects_a_bad_knob(tmp_path, capsys):
+    assert main(["synth", "--out", str(tmp_path), "--num-images", "2", "--overlap", "1.5"]) == 2
+    assert "overlap" in capsys.readouterr().err
+    assert not (tmp_path / "train").exists()
+
+
+def test_visualize_the_real_coco_sample(coco_sample, tmp_path):
+    code = main(
+        [
+            "visualize",
+            "--panoptic-json", str(coco_sample / "panoptic_examples.json"),
+            "--panoptic-folder", str(coco_sample / "panoptic_examples"),
+            "--image-folder", str(coco_sample / "input_images"),
+            "--out", str(tmp_path),
+        ]
+    )
+    assert code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["000000142238.png", "000000439180.png"]
+
+
+def test_visualize_missing_input_is_a_one_line_error(tmp_path, capsys):
+    assert main(["visualize", str(tmp_path / "nowhere"), "--out", str(tmp_path / "pics")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nowhere" in err
+    assert main(["visualize", "--out", str(tmp_path / "pics")]) == 2
+
+
+def test_demo_writes_data_pictures_and_summary_and_reuses_its_data(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--output", str(out), "--num-images", "8"]) == 0
+    summary = json.loads((out / "dataset_summary.json").read_text())
+    assert summary["train"]["images"] == 8 and summary["val"]["images"] == 2
+    assert summary["train"]["overlapping_pairs"] >= 0
+    assert len(list((out / "pictures").glob("*.png"))) == 2
+    stamp = (out / "data" / "train" / "panoptic.json").stat().st_mtime_ns
+    assert main(["demo", "--output", str(out), "--num-images", "8"]) == 0
+    assert (out / "data" / "train" / "panoptic.json").stat().st_mtime_ns == stamp
+
+
+def test_python_dash_m_and_usage_errors():
+    help_run = subprocess.run([sys.executable, "-m", "panopticlab", "--help"], capture_output=True, text=True)
+    assert help_run.returncode == 0 and "synth" in help_run.stdout and "evaluate" in help_run.stdout
+    bad = subprocess.run([sys.executable, "-m", "panopticlab", "nonsense"], capture_output=True, text=True)
+    assert bad.returncode == 2
