@@ -11,6 +11,14 @@ from panopticlab.structures import PanopticResult, Segment, from_label_map, id2r
 
 __version__ = "0.1.0"
 
+
+def load_model(config_path, weights=None, overrides=()):
+    """Build a model from a YAML config and load its weights (see ``panopticlab.models.load_model``)."""
+    from panopticlab.models import load_model as _load_model
+
+    return _load_model(config_path, weights, overrides)
+
+
 __all__ = [
     "Categories",
     "InputError",
@@ -18,6 +26,7 @@ __all__ = [
     "Segment",
     "from_label_map",
     "id2rgb",
+    "load_model",
     "pq_compute",
     "rgb2id",
     "to_label_map",

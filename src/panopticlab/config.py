@@ -12,9 +12,9 @@ values (each value is parsed as YAML, so numbers, lists and booleans need no quo
 Every key is checked against the dataclass: an unknown key or a value of the wrong type
 raises :class:`~panopticlab.errors.InputError` naming the file and the key.
 
-This module knows nothing about particular configs; the schemas live beside what they
-configure (e.g. ``panopticlab.models.panoptic_deeplab.config``) and are assembled in
-``panopticlab.configs``.
+The first half of this module is the generic machinery; the second half is the schema of
+an experiment (:class:`Config`), whose model-specific sections live beside their models
+(e.g. :class:`~panopticlab.models.panoptic_deeplab.config.PanopticDeepLabConfig`).
 """
 
 from __future__ import annotations
@@ -24,12 +24,14 @@ import os
 import types
 import typing
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional, Sequence, TypeVar
 
 import yaml
 
 from panopticlab.errors import InputError
 from panopticlab.fileio import atomic_path
+from panopticlab.models.panoptic_deeplab.config import PanopticDeepLabConfig
 
 T = TypeVar("T")
 
@@ -155,3 +157,79 @@ def _convert(hint: Any, value: Any, *, source: str, key: str) -> Any:
             raise InputError(f"{source}: '{key}' must be {hint.__name__}, got {value!r}")
         return value
     raise TypeError(f"config type {hint!r} of '{key}' is not supported")  # a bug in a schema, not user input
+
+
+# --------------------------------------------------------------------------------------
+# The schema of an experiment
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelConfig:
+    arch: Literal["panoptic_deeplab"] = "panoptic_deeplab"
+    #: "shapes", "cityscapes", "coco", or a JSON file with the categories
+    categories: str = "cityscapes"
+    panoptic_deeplab: PanopticDeepLabConfig = field(default_factory=PanopticDeepLabConfig)
+
+
+@dataclass
+class SplitConfig:
+    """Where a split is: either ``folder`` (holding ``images/``, ``panoptic/``, ``panoptic.json``
+    and optionally ``instances.json``, as ``panopticlab synth`` writes) or the explicit paths.
+    Relative paths are relative to ``data.root``."""
+
+    folder: str = ""
+    image_folder: str = ""
+    panoptic_json: str = ""
+    panoptic_folder: str = ""
+    instances_json: Optional[str] = None
+
+
+@dataclass
+class DataConfig:
+    root: str = "."
+    train: SplitConfig = field(default_factory=SplitConfig)
+    test: SplitConfig = field(default_factory=SplitConfig)
+    num_workers: int = 2
+
+
+@dataclass
+class InputConfig:
+    crop_size: tuple[int, int] = (512, 1024)
+    min_scale: float = 0.5
+    max_scale: float = 2.0
+    flip: bool = True
+
+
+@dataclass
+class SolverConfig:
+    optimizer: Literal["adam", "sgd"] = "adam"
+    base_lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    poly_power: float = 0.9
+    warmup_iters: int = 1000
+    warmup_factor: float = 0.001
+    max_iter: int = 90_000
+    batch_size: int = 32
+
+
+@dataclass
+class TestConfig:
+    #: test-time augmentation: the scales to average over, and whether to add flipped images
+    tta_scales: tuple[float, ...] = (1.0,)
+    tta_flip: bool = False
+    batch_size: int = 1
+
+
+@dataclass
+class Config:
+    """A whole experiment. Defaults: detectron2's Panoptic-DeepLab R52-DSConv on Cityscapes."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    test: TestConfig = field(default_factory=TestConfig)
+    output_dir: str = "outputs/run"
+    seed: int = 0
