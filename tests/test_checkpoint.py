@@ -219,3 +219,23 @@ def test_timm_weights_load_into_timm_backbone(tmp_path: Path) -> None:
     head = {"body.conv_head.weight", "body.conv_head.bias", "body.classifier.weight", "body.classifier.bias"}
     assert set(report.ignored) == head
     assert torch.equal(backbone.body.conv_stem.weight, classifier.conv_stem.weight)
+
+
+def test_cli_converts_and_load_model_reads_the_result(d2_arrays, tmp_path, capsys):
+    from panopticlab import load_model
+    from panopticlab.cli import main
+
+    pkl = _write_pickle(tmp_path / "model_final.pkl", d2_arrays)
+    out = tmp_path / "converted.safetensors"
+    assert main(["convert", "detectron2", str(pkl), str(out)]) == 0
+    assert "30,271,350 parameters" in capsys.readouterr().out
+    config = Path(__file__).resolve().parents[1] / "configs" / "panoptic_deeplab" / "r52_dsconv_cityscapes.yaml"
+    model = load_model(config, out)
+    state = model.state_dict()
+    for d2_name in ("sem_seg_head.predictor.weight", "backbone.res5.2.conv3.weight", "ins_embed_head.offset_predictor.bias"):
+        np.testing.assert_array_equal(state["network." + detectron2_key(d2_name)].numpy(), d2_arrays[d2_name])
+    # A second conversion to the same file is refused; a missing input is a one-line error.
+    assert main(["convert", "detectron2", str(pkl), str(out)]) == 2
+    assert main(["convert", "detectron2", str(tmp_path / "missing.pkl"), str(tmp_path / "x.safetensors")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert "already exists" in err[0] and "missing.pkl" in err[1]

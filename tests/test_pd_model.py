@@ -143,3 +143,13 @@ def test_a_tiny_model_overfits_a_handful_of_shapes_images():
         evaluator.add(sample.panoptic, prediction, image_id=k)
     pq = evaluator.evaluate()["panoptic"]["All"]["pq"]
     assert pq > 0.4, pq  # an untrained model scores about 0
+
+
+def test_weights_of_the_bare_network_load_into_the_model(tmp_path):
+    """What the detectron2 converter writes (network keys without the 'network.' prefix) loads."""
+    model = tiny_model(seed=2).eval()
+    save_weights(model.network, tmp_path / "net.safetensors")
+    (tmp_path / "tiny.yaml").write_text(json.dumps({"model": TINY}))
+    loaded = panopticlab.load_model(tmp_path / "tiny.yaml", tmp_path / "net.safetensors")
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value)

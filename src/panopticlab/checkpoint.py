@@ -97,10 +97,23 @@ def load_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = Tr
     """Load a ``.safetensors`` file saved by :func:`save_weights` into ``model``.
 
     ``strict``: missing or unexpected keys raise; otherwise they are reported. A shape
-    mismatch always raises.
+    mismatch always raises. A file that holds the weights of one child module only (the
+    detectron2 converter writes a bare network, which a ``PanopticDeepLab`` holds as
+    ``.network``) loads into that child.
     """
     state, _ = read_weights(path)
-    return _load_checked(model, state, str(path), allow_missing=not strict, allow_unexpected=not strict)
+    target = _module_holding(model, state)
+    return _load_checked(target, state, str(path), allow_missing=not strict, allow_unexpected=not strict)
+
+
+def _module_holding(model: nn.Module, state: Mapping[str, torch.Tensor]) -> nn.Module:
+    """``model``, or its direct child whose state-dict keys are the ones in ``state``."""
+    if any(k in state for k in model.state_dict()):
+        return model
+    for child in model.children():
+        if any(k in state for k in child.state_dict()):
+            return child
+    return model
 
 
 def _check_fits(

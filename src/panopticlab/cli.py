@@ -132,6 +132,30 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_convert(subparsers) -> None:
+    p = subparsers.add_parser(
+        "convert",
+        help="convert model-zoo weights to panopticlab's safetensors",
+        description="Convert a detectron2 Panoptic-DeepLab model-zoo .pkl (read without running any code "
+        "from it) to a .safetensors file that panopticlab.load_model reads.",
+    )
+    p.add_argument("source", choices=["detectron2"], help="where the weights come from")
+    p.add_argument("input", type=Path, help="e.g. model_final_23d03a.pkl")
+    p.add_argument("output", type=Path, help="e.g. r52_dsconv_cityscapes.safetensors")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    from panopticlab.checkpoint import convert_detectron2
+
+    report = convert_detectron2(args.input, args.output, overwrite=args.overwrite)
+    print(
+        f"wrote {report.destination}: {report.num_tensors} tensors, {report.num_parameters:,} parameters, "
+        f"{report.num_classes} classes, {report.head_variant} heads"
+    )
+    return 0
+
+
 def _add_evaluate(subparsers) -> None:
     from panopticlab.evaluation.cli import add_evaluate_arguments
 
@@ -150,6 +174,7 @@ COMMANDS: dict[str, tuple[Callable, Callable[[argparse.Namespace], int]]] = {
     "visualize": (_add_visualize, _run_visualize),
     "demo": (_add_demo, _run_demo),
     "evaluate": (_add_evaluate, _run_evaluate),
+    "convert": (_add_convert, _run_convert),
 }
 
 
