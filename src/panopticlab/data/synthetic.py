@@ -19,15 +19,15 @@ See docs/synthetic.md for the files, their fields and the invariants.
 from __future__ import annotations
 
 import math
-import multiprocessing
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from itertools import combinations
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -36,6 +36,7 @@ from pycocotools import mask as mask_utils
 from panopticlab.data.coco_panoptic import panoptic_annotation, write_panoptic_json, write_panoptic_png
 from panopticlab.errors import InputError
 from panopticlab.fileio import read_json, write_json
+from panopticlab.parallel import imap_processes, usable_cpus
 from panopticlab.structures import VOID_ID, PanopticResult
 
 #: Bumped whenever the same seed and config would produce different files.
@@ -708,27 +709,9 @@ def generate_split(
 
 def _run_jobs(jobs: list[tuple[ShapesConfig, int, int, str]], workers: int | None) -> Iterator[dict[str, Any]]:
     """Yield ``_generate_and_write(job)`` for each job, in order, in ``workers`` processes."""
-    workers = min(workers or _usable_cpus(), len(jobs))
-    if workers <= 1:
-        yield from map(_generate_and_write, jobs)
-        return
-    # spawn: the same on every OS, and safe when the caller has threads (torch) running.
-    pool = multiprocessing.get_context("spawn").Pool(workers)
-    try:
-        yield from pool.imap(_generate_and_write, jobs, chunksize=max(1, min(16, len(jobs) // (4 * workers))))
-        pool.close()
-    except BaseException:
-        pool.terminate()
-        raise
-    finally:
-        pool.join()
-
-
-def _usable_cpus() -> int:
-    """CPUs this process may run on (fewer than ``os.cpu_count()`` in a container or under taskset)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    workers = min(workers or usable_cpus(), len(jobs))
+    chunksize = max(1, min(16, len(jobs) // (4 * workers)))
+    yield from imap_processes(_generate_and_write, jobs, workers, chunksize)
 
 
 def _generate_and_write(job: tuple[ShapesConfig, int, int, str]) -> dict[str, Any]:

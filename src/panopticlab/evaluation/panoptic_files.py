@@ -8,10 +8,10 @@ floating-point sums do not depend on the number of workers.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -20,6 +20,7 @@ from panopticlab.evaluation.categories import CategoryTable
 from panopticlab.evaluation.evaluator import PanopticEvaluator, evaluate_image
 from panopticlab.evaluation.pq import ImageMatch
 from panopticlab.fileio import read_json
+from panopticlab.parallel import imap_processes, usable_cpus
 
 # -- PNG decoding ------------------------------------------------------------------------------
 
@@ -190,11 +191,7 @@ def _evaluate_chunk(args: tuple[Any, ...]) -> list[ImageMatch]:
 
 def default_workers(num_images: int) -> int:
     """One process per ~100 images, at most one per available core (1 = in this process)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, num_images // 100))
+    return max(1, min(usable_cpus(), num_images // 100))
 
 
 def evaluate_files(
@@ -235,18 +232,9 @@ def evaluate_files(
     # Small chunks keep the workers busy to the end; ordered imap keeps the sums deterministic.
     chunk = max(1, min(32, len(pairs) // (4 * workers)))
     tasks = [(pairs[i : i + chunk], *settings) for i in range(0, len(pairs), chunk)]
-    # "spawn": forking a process that runs torch threads can deadlock.
-    pool = multiprocessing.get_context("spawn").Pool(workers)
-    try:
-        for matches in pool.imap(_evaluate_chunk, tasks):
-            for match in matches:
-                evaluator.add_match(match)
-        pool.close()
-    except BaseException:
-        pool.terminate()
-        raise
-    finally:
-        pool.join()
+    for matches in imap_processes(_evaluate_chunk, tasks, workers):
+        for match in matches:
+            evaluator.add_match(match)
     return evaluator
 
 
