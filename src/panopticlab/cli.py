@@ -11,6 +11,7 @@ command exits with status 2, like argparse's own usage errors.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -169,12 +170,111 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return run_evaluate(args)
 
 
+def _add_config_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, type=Path, help="experiment YAML (see configs/)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. solver.max_iter=1000")
+
+
+def _load_experiment(args: argparse.Namespace):
+    from panopticlab.config import Config, load_config
+
+    return load_config(Config, args.config, args.overrides)
+
+
+def _add_train(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a model from a config (many GPUs: torchrun --nproc-per-node N -m panopticlab train ...)",
+        description="Train on data.train, evaluate on data.test every test.eval_period iterations, write "
+        "checkpoints, metrics and the final weights to output_dir.",
+    )
+    _add_config_arguments(p)
+    p.add_argument("--resume", action="store_true", help="continue from output_dir/last_checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="start afresh in an output_dir that holds a run")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop cleanly after this long (default solver.max_minutes)")
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from panopticlab.engine import train
+
+    result = train(_load_experiment(args), resume=args.resume, overwrite=args.overwrite, max_minutes=args.max_minutes)
+    if os.environ.get("RANK", "0") == "0":  # torchrun: one line, not one per process
+        print(f"iteration {result['iteration']}: final weights {result['weights']}")
+    return 0
+
+
+def _add_test(subparsers) -> None:
+    p = subparsers.add_parser(
+        "test",
+        help="evaluate weights on the config's data.test split: PQ/SQ/RQ, mIoU, AP",
+        description="Predict data.test, write the predictions in COCO panoptic format and the scores as JSON.",
+    )
+    _add_config_arguments(p)
+    p.add_argument("--weights", required=True, type=Path, help="a .safetensors file (e.g. output_dir/model_final.safetensors)")
+    p.add_argument("--output", type=Path, default=None, help="folder for predictions and metrics.json (default output_dir/test)")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier predictions there")
+
+
+def _run_test(args: argparse.Namespace) -> int:
+    from panopticlab.engine import test
+
+    test(_load_experiment(args), args.weights, args.output, overwrite=args.overwrite)
+    return 0
+
+
+def _add_predict(subparsers) -> None:
+    p = subparsers.add_parser(
+        "predict",
+        help="panoptic segmentation of images: COCO panoptic PNG + JSON and an overlay per image",
+    )
+    p.add_argument("--config", required=True, type=Path, help="the model's YAML config")
+    p.add_argument("--weights", required=True, type=Path, help="a .safetensors file")
+    p.add_argument("images", nargs="+", type=Path, help="image files or folders of images")
+    p.add_argument("--output", required=True, type=Path, help="folder for the results")
+    p.add_argument("--batch-size", type=int, default=None, help="images per batch (default test.batch_size)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier results in --output")
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from panopticlab.checkpoint import load_weights
+    from panopticlab.engine.distributed import resolve_device
+    from panopticlab.engine.inference import image_files, predict_files
+    from panopticlab.models import build_model
+    from panopticlab.progress import progress_bar
+
+    config = _load_experiment(args)
+    model = build_model(config)
+    load_weights(model, args.weights)
+    model.to(resolve_device(config.device)).eval()
+    batch_size = config.test.batch_size if args.batch_size is None else args.batch_size
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+    files = image_files(args.images)
+    with progress_bar("predict", total=len(files)) as advance:
+        written = predict_files(
+            model,
+            files,
+            args.output,
+            batch_size=batch_size,
+            tta_scales=config.test.tta_scales,
+            tta_flip=config.test.tta_flip,
+            overwrite=args.overwrite,
+            progress=advance,
+        )
+    print(f"wrote {len(written)} predictions to {args.output}")
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable, Callable[[argparse.Namespace], int]]] = {
     "synth": (_add_synth, _run_synth),
     "visualize": (_add_visualize, _run_visualize),
     "demo": (_add_demo, _run_demo),
     "evaluate": (_add_evaluate, _run_evaluate),
     "convert": (_add_convert, _run_convert),
+    "train": (_add_train, _run_train),
+    "test": (_add_test, _run_test),
+    "predict": (_add_predict, _run_predict),
 }
 
 

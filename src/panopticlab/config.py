@@ -211,7 +211,26 @@ class SolverConfig:
     warmup_iters: int = 1000
     warmup_factor: float = 0.001
     max_iter: int = 90_000
+    #: images per iteration over all processes (detectron2's IMS_PER_BATCH)
     batch_size: int = 32
+    #: "poly": warm-up then (1 - it / max_iter) ** poly_power; "step": warm-up then x gamma at each of ``steps``
+    lr_scheduler: Literal["poly", "step"] = "poly"
+    steps: tuple[int, ...] = ()
+    gamma: float = 0.1
+    #: clip the gradients' global L2 norm to this value; 0 = no clipping
+    clip_grad_norm: float = 0.0
+    #: mixed precision: "bf16" (CPU and GPU) or "fp16" (GPU, with a gradient scaler)
+    amp: Literal["off", "bf16", "fp16"] = "off"
+    channels_last: bool = False
+    compile: bool = False
+    #: write a resumable checkpoint every this many iterations (and at the end)
+    checkpoint_period: int = 5000
+    #: log losses, learning rate, speed and data-wait time every this many iterations
+    log_period: int = 20
+    #: stop cleanly (final weights and a checkpoint written) after this many minutes; 0 = no limit
+    max_minutes: float = 0.0
+    #: also write TensorBoard scalars (needs the ``tensorboard`` package); JSON lines are always written
+    tensorboard: bool = True
 
 
 @dataclass
@@ -220,6 +239,10 @@ class TestConfig:
     tta_scales: tuple[float, ...] = (1.0,)
     tta_flip: bool = False
     batch_size: int = 1
+    #: evaluate on ``data.test`` every this many training iterations and at the end; 0 = never while training
+    eval_period: int = 0
+    #: also report instance AP of the thing classes (from the scored panoptic segments)
+    compute_ap: bool = True
 
 
 @dataclass
@@ -233,3 +256,5 @@ class Config:
     test: TestConfig = field(default_factory=TestConfig)
     output_dir: str = "outputs/run"
     seed: int = 0
+    #: "auto" (cuda:LOCAL_RANK when a GPU is there, else cpu), "cpu", "cuda"...
+    device: str = "auto"

@@ -27,6 +27,7 @@ from panopticlab.models.panoptic_deeplab.losses import panoptic_deeplab_losses
 from panopticlab.models.panoptic_deeplab.network import PanopticDeepLabNetwork, build_panoptic_deeplab
 from panopticlab.models.panoptic_deeplab.postprocess import panoptic_deeplab_inference
 from panopticlab.models.panoptic_deeplab.targets import (
+    AddTargets,
     PanopticDeepLabTargetGenerator,
     collate_targets,
     targets_from_panoptic,
@@ -73,8 +74,12 @@ class PanopticDeepLab(nn.Module):
         return self.network.forward_heads(images)
 
     def make_targets(self, item: dict[str, Any]) -> dict[str, Any]:
-        """Training targets of one dataset item (a data-loader transform can do this ahead)."""
+        """Training targets of one dataset item (``data_transform`` does this in loader workers)."""
         return targets_from_panoptic(item["panoptic"], self.categories.to_contiguous, self.target_generator)
+
+    def data_transform(self) -> AddTargets:
+        """The trainer runs this on every training item in its data-loader workers."""
+        return AddTargets({i: self.categories.to_contiguous(i) for i in self.categories.ids}, self.target_generator)
 
     def forward(self, batch: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         """Dataset items (``image`` uint8 [3, H, W], ``panoptic``; ``targets`` if made ahead)

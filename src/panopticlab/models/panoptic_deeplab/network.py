@@ -26,6 +26,7 @@ from torch import nn
 
 from panopticlab.errors import InputError
 from panopticlab.models.backbones import build_backbone
+from panopticlab.models.norm import convert_sync_batchnorm_if_distributed
 from panopticlab.models.panoptic_deeplab.decoder import PanopticDeepLabDecoder, build_decoder
 from panopticlab.models.panoptic_deeplab.heads import HeadVariant, center_head, offset_head, semantic_head
 
@@ -133,21 +134,6 @@ class PanopticDeepLabNetwork(nn.Module):
         counts = {k: sum(p.numel() for m in mods for p in m.parameters()) for k, mods in parts.items()}
         counts["total"] = sum(p.numel() for p in self.parameters())
         return counts
-
-
-def convert_sync_batchnorm_if_distributed(model: nn.Module) -> nn.Module:
-    """Replace BatchNorm by SyncBatchNorm when a ``torch.distributed`` process group exists,
-    else return ``model`` unchanged (SyncBN without a process group fails in training).
-
-    Uses timm's converter when timm is installed, which also keeps timm's fused BN+activation layers.
-    """
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return model
-    try:
-        from timm.layers import convert_sync_batchnorm
-    except ImportError:
-        convert_sync_batchnorm = nn.SyncBatchNorm.convert_sync_batchnorm
-    return convert_sync_batchnorm(model)
 
 
 def build_panoptic_deeplab(

@@ -258,3 +258,15 @@ def _segment_index(panoptic: np.ndarray, ids: np.ndarray) -> np.ndarray:
 def _append(table: np.ndarray, void_value: Any) -> np.ndarray:
     """``table`` with one more entry, the value for pixels of no segment."""
     return np.append(table, np.array(void_value, dtype=table.dtype))
+
+
+class AddTargets:
+    """``item -> item`` with ``item["targets"]`` added: picklable, so data-loader workers build
+    the targets (see ``PanopticDeepLab.data_transform``)."""
+
+    def __init__(self, to_contiguous: Mapping[int, int], generator: PanopticDeepLabTargetGenerator):
+        self.to_contiguous = dict(to_contiguous)
+        self.generator = generator
+
+    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+        return {**item, "targets": targets_from_panoptic(item["panoptic"], self.to_contiguous, self.generator)}

@@ -1,0 +1,102 @@
+"""One process of a (possibly single-process) run: rank, world size, device.
+
+``torchrun --nproc-per-node N -m panopticlab train ...`` sets ``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK`` and the rendezvous variables; :func:`setup` then joins the process group
+(NCCL on GPUs, gloo on CPUs). Multi-node runs use torchrun's ``--nnodes`` / ``--rdzv-*``
+options and need nothing else here. A process group created by the caller is used as is.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from panopticlab.errors import InputError
+
+
+@dataclass(frozen=True)
+class Process:
+    rank: int
+    world_size: int
+    device: torch.device
+    owns_group: bool  # True when setup() created the process group (and teardown() ends it)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``"auto"`` -> ``cuda:<local_rank>`` when a GPU is there, else ``cpu``; ``"cuda"`` gets the local rank too."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"device: unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device: {name!r} asked for but no GPU is available")
+        if device.index is None:
+            device = torch.device("cuda", local_rank % torch.cuda.device_count())
+    return device
+
+
+def setup(device_name: str) -> Process:
+    """Join torchrun's process group when launched by it (or use an existing one); pick the device."""
+    owns = False
+    if dist.is_available() and not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        gpu = torch.cuda.is_available() and device_name != "cpu"
+        dist.init_process_group(backend="nccl" if gpu else "gloo")
+        owns = True
+    initialized = dist.is_available() and dist.is_initialized()
+    rank = dist.get_rank() if initialized else 0
+    world_size = dist.get_world_size() if initialized else 1
+    device = resolve_device(device_name, int(os.environ.get("LOCAL_RANK", rank)))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return Process(rank, world_size, device, owns)
+
+
+def teardown(process: Process) -> None:
+    if process.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(process: Process) -> None:
+    if process.distributed:
+        dist.barrier()
+
+
+def all_reduce_mean(values: torch.Tensor, process: Process) -> torch.Tensor:
+    """The mean over processes of a float tensor (a copy; communicated on the process's device)."""
+    if not process.distributed:
+        return values.clone()
+    values = values.to(process.device, copy=True)
+    dist.all_reduce(values)
+    return values.cpu() / process.world_size
+
+
+def any_process(flag: bool, process: Process) -> bool:
+    """True on every process when ``flag`` is true on any (so all stop together)."""
+    if not process.distributed:
+        return flag
+    value = torch.tensor([float(flag)], device=process.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def gather_lists(items: list, process: Process) -> list:
+    """Every process's list concatenated in rank order (on every process)."""
+    if not process.distributed:
+        return list(items)
+    parts: list = [None] * process.world_size
+    dist.all_gather_object(parts, items)
+    return [x for part in parts for x in part]
