@@ -17,7 +17,7 @@ from panopticlab.data.build import InfiniteSampler, build_dataset, build_train_l
 from panopticlab.data.synthetic import ShapesConfig, generate_split
 from panopticlab.engine import train
 from panopticlab.engine.checkpointing import flatten_state, unflatten_state
-from panopticlab.engine.schedule import lr_factor
+from panopticlab.engine.schedule import fit_max_iter, lr_factor
 from panopticlab.errors import InputError
 
 from test_pd_model import TINY
@@ -174,6 +174,23 @@ def test_a_time_budget_stops_cleanly_with_weights_and_a_checkpoint(shapes_root, 
     assert (tmp_path / "model_final.safetensors").is_file()
     assert set(result["eval"]) >= {"PQ", "SQ", "RQ", "PQ_th", "PQ_st", "mIoU", "AP"}  # evaluated at the stop
     assert 0 <= result["data_wait_share"] < 1 and result["images_per_s"] > 0
+
+
+def test_fit_max_iter_ends_the_schedule_within_the_budget():
+    # 20 steps done at 0.5 s each, 100 s left: 0.97 * 100 / 0.5 = 194 more steps.
+    assert fit_max_iter(20, 0.5, 100.0, 90_000) == 214
+    assert fit_max_iter(20, 0.5, 100.0, 100) == 100  # never beyond max_iter
+    assert fit_max_iter(20, 0.5, -3.0, 90_000) == 21  # out of time: one more step, then stop
+
+
+def test_a_generous_budget_leaves_a_fitted_schedule_unchanged(shapes_root, tmp_path):
+    """Fitting after 20 steps with time to spare keeps max_iter, so the run is the unfitted one."""
+    solver = {"max_iter": 24, "checkpoint_period": 100}
+    plain = train(tiny_config(shapes_root, tmp_path / "plain", solver=solver), quiet=True)
+    fitted_config = tiny_config(shapes_root, tmp_path / "fitted", solver={**solver, "fit_schedule_to_budget": True})
+    fitted = train(fitted_config, max_minutes=10_000, quiet=True)
+    assert fitted["iteration"] == plain["iteration"] == 24
+    assert [r.get("lr") for r in records(tmp_path / "fitted")] == [r.get("lr") for r in records(tmp_path / "plain")]
 
 
 def test_tensorboard_scalars_are_written(shapes_root, tmp_path):

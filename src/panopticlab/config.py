@@ -229,6 +229,9 @@ class SolverConfig:
     log_period: int = 20
     #: stop cleanly (final weights and a checkpoint written) after this many minutes; 0 = no limit
     max_minutes: float = 0.0
+    #: with a time budget: time the first 20 steps once and shorten max_iter so that the poly
+    #: schedule ends when the budget does (a run bounded by minutes otherwise stops at a high rate)
+    fit_schedule_to_budget: bool = False
     #: also write TensorBoard scalars (needs the ``tensorboard`` package); JSON lines are always written
     tensorboard: bool = True
 

@@ -32,6 +32,13 @@ def lr_factor(iteration: int, solver: SolverConfig) -> float:
     return warmup * decay
 
 
+def fit_max_iter(iteration: int, seconds_per_step: float, seconds_left: float, max_iter: int) -> int:
+    """The last iteration of a run that must end within ``seconds_left`` at ``seconds_per_step``
+    (with 3% to spare), never beyond ``max_iter`` and at least one more step."""
+    remaining_steps = int(0.97 * seconds_left / seconds_per_step)
+    return max(iteration + 1, min(max_iter, iteration + remaining_steps))
+
+
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr

@@ -16,6 +16,7 @@ lines and TensorBoard scalars, a progress bar, and a time budget that stops clea
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -40,11 +41,13 @@ from panopticlab.engine import distributed
 from panopticlab.engine.checkpointing import POINTER, last_checkpoint, load_checkpoint, save_checkpoint
 from panopticlab.engine.inference import evaluate
 from panopticlab.engine.logging import MetricsWriter, format_record, training_progress
-from panopticlab.engine.schedule import lr_factor, set_learning_rate
+from panopticlab.engine.schedule import fit_max_iter, lr_factor, set_learning_rate
 from panopticlab.errors import InputError
 from panopticlab.models.norm import convert_sync_batchnorm_if_distributed
 
 FINAL_WEIGHTS = "model_final.safetensors"
+#: steps timed before the schedule is fitted to a time budget
+FIT_STEPS = 20
 
 
 def train(
@@ -169,24 +172,28 @@ class Trainer:
         checkpoint_path = None
         stopped_early = False
         iteration = self.start_iter
+        max_iter = solver.max_iter  # shortened once when the schedule is fitted to a time budget
         self.model.train()
         try:
             with training_progress(solver.max_iter, self.start_iter, enabled=progress and main and not self.quiet) as (update, say):
                 if self.quiet or not main:
                     say = _silent
-                while iteration < solver.max_iter:
+                while iteration < max_iter:
                     t0 = time.perf_counter()
                     batch = next(batches)
                     data_time = time.perf_counter() - t0
-                    losses = self._step(batch, iteration, autocast)
+                    losses = self._step(batch, iteration, autocast, max_iter)
                     iteration += 1
                     step_time = time.perf_counter() - t0
                     window.add(losses, step_time, data_time)
                     total_time += step_time
                     total_data += data_time
+                    if deadline is not None and solver.fit_schedule_to_budget and iteration - self.start_iter == FIT_STEPS:
+                        max_iter = self._fitted_max_iter(iteration, total_time / FIT_STEPS, deadline)
+                        say(f"schedule fitted to the time budget: max_iter {max_iter}")
 
                     out_of_time = deadline is not None and distributed.any_process(time.monotonic() > deadline, process)
-                    finished = iteration == solver.max_iter or out_of_time
+                    finished = iteration == max_iter or out_of_time
                     if iteration % solver.log_period == 0 or finished:
                         last_log = window.record(iteration, self.optimizer, images_per_step, process)
                         if main:
@@ -197,7 +204,7 @@ class Trainer:
                         checkpoint_path = self._checkpoint(iteration)
                     if self.test_loader is not None and (iteration % config.test.eval_period == 0 or finished):
                         last_eval = self._evaluate(iteration, writer, say)
-                    if out_of_time and iteration < solver.max_iter:
+                    if out_of_time and iteration < max_iter:
                         stopped_early = True
                         say(f"time budget of {max_minutes:g} min spent: stopped at iteration {iteration}")
                         break
@@ -222,10 +229,18 @@ class Trainer:
             "data_wait_share": total_data / total_time if total_time else 0.0,
         }
 
-    def _step(self, batch: list[dict[str, Any]], iteration: int, autocast: Callable[[], Any]) -> dict[str, torch.Tensor]:
+    def _fitted_max_iter(self, iteration: int, seconds_per_step: float, deadline: float) -> int:
+        """The last iteration that fits before ``deadline`` at the measured speed (the same on every process)."""
+        seconds_per_step = float(distributed.all_reduce_mean(torch.tensor([seconds_per_step]), self.process)[0])
+        return fit_max_iter(iteration, seconds_per_step, deadline - time.monotonic(), self.config.solver.max_iter)
+
+    def _step(
+        self, batch: list[dict[str, Any]], iteration: int, autocast: Callable[[], Any], max_iter: int
+    ) -> dict[str, torch.Tensor]:
         """One optimizer step on ``batch``; returns the losses by name (float32 scalars on the CPU)."""
         solver = self.config.solver
-        set_learning_rate(self.optimizer, solver.base_lr * lr_factor(iteration, solver))
+        schedule = solver if max_iter == solver.max_iter else dataclasses.replace(solver, max_iter=max_iter)
+        set_learning_rate(self.optimizer, solver.base_lr * lr_factor(iteration, schedule))
         # Dropout & co. draw from a generator seeded by (seed, iteration, rank): resuming needs no RNG state.
         torch.manual_seed(int(np.random.SeedSequence([self.config.seed, iteration, self.process.rank]).generate_state(1)[0]))
         with autocast():
