@@ -53,16 +53,28 @@ def test_visualize_missing_input_is_a_one_line_error(tmp_path, capsys):
     assert main(["visualize", "--out", str(tmp_path / "pics")]) == 2
 
 
-def test_demo_writes_data_pictures_and_summary_and_reuses_its_data(tmp_path):
+def test_demo_trains_evaluates_and_reports_and_reuses_its_data(tmp_path):
     out = tmp_path / "demo"
-    assert main(["demo", "--output", str(out), "--num-images", "8"]) == 0
-    summary = json.loads((out / "dataset_summary.json").read_text())
-    assert summary["train"]["images"] == 8 and summary["val"]["images"] == 2
-    assert summary["train"]["overlapping_pairs"] >= 0
+    assert main(["demo", "--output", str(out), "--num-images", "8", "--minutes", "0.02"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["data"]["train"]["images"] == 8 and metrics["data"]["val"]["images"] == 2
+    assert metrics["iterations"] >= 1 and {"PQ", "PQ_th", "PQ_st", "SQ", "RQ", "mIoU"} <= set(metrics)
+    report = (out / "report.md").read_text()
+    assert "| All |" in report and "pictures/000001.png" in report
     assert len(list((out / "pictures").glob("*.png"))) == 2
+    assert (out / "test" / "predictions" / "panoptic.json").is_file()
     stamp = (out / "data" / "train" / "panoptic.json").stat().st_mtime_ns
-    assert main(["demo", "--output", str(out), "--num-images", "8"]) == 0
+    assert main(["demo", "--output", str(out), "--num-images", "8", "--minutes", "0.02"]) == 0
     assert (out / "data" / "train" / "panoptic.json").stat().st_mtime_ns == stamp
+
+
+def test_loss_curve_is_an_svg_polyline_per_loss():
+    from panopticlab.demo import loss_curve_svg
+
+    records = [{"iteration": i, "loss": 4.0 / i, "losses": {"loss_a": 3.0 / i, "loss_b": 1.0 / i}} for i in (1, 2, 4)]
+    svg = loss_curve_svg(records)
+    assert svg.startswith("<svg") and svg.count("<polyline") == 3 and "loss_b" in svg
+    assert loss_curve_svg(records[:1]) == ""
 
 
 def test_python_dash_m_and_usage_errors():

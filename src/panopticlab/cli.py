@@ -120,8 +120,9 @@ def _draw_dataset(dataset, out: Path, num: int) -> int:
 
 
 def _add_demo(subparsers) -> None:
-    p = subparsers.add_parser("demo", help="the built-in default: shapes data -> pictures (and, later, train + evaluate)")
+    p = subparsers.add_parser("demo", help="the built-in default: shapes data -> train -> evaluate -> report")
     p.add_argument("--output", type=Path, default=Path("outputs/demo"))
+    p.add_argument("--minutes", type=float, default=10.0, help="training time budget")
     p.add_argument("--num-images", type=int, default=400, help="training images (validation gets a quarter)")
     p.add_argument("--seed", type=int, default=0)
 
@@ -129,7 +130,9 @@ def _add_demo(subparsers) -> None:
 def _run_demo(args: argparse.Namespace) -> int:
     from panopticlab.demo import run_demo
 
-    run_demo(args.output, num_train=args.num_images, seed=args.seed)
+    if args.minutes <= 0 or args.num_images < 1:
+        raise InputError("--minutes must be positive and --num-images at least 1")
+    run_demo(args.output, minutes=args.minutes, num_train=args.num_images, seed=args.seed)
     return 0
 
 

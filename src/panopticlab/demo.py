@@ -1,49 +1,78 @@
-"""``panopticlab demo``: the built-in default, run end to end on a laptop CPU.
+"""``panopticlab demo``: the built-in default, end to end on a laptop CPU.
 
-So far: generate the overlapping-shapes dataset (train + val), draw the validation images
-with their ground truth, and summarise the data. The model and trainer issues extend it to
-train a small Panoptic-DeepLab and evaluate it.
+1. Generate the overlapping-shapes dataset (train + val, 128x128) under ``<output>/data``.
+2. Train the small Panoptic-DeepLab of ``configs/panoptic_deeplab/shapes_demo.yaml`` for a
+   time budget (``--minutes``), its schedule fitted to the budget.
+3. Evaluate it on the held-out val split (PQ/SQ/RQ, mIoU, AP).
+4. Write ``report.md`` (PQ table, loss curve, pictures of image / ground truth / prediction)
+   and ``metrics.json``.
 
-Everything is written under one output folder that the demo owns; a second run reuses the
-dataset when it was generated with the same settings.
+The demo owns its output folder: a second run reuses the data when it was generated with the
+same settings, and trains afresh.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import json
+import time
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from panopticlab.config import Config, load_config
 from panopticlab.data.dataset import CocoPanopticDataset
 from panopticlab.data.synthetic import GENERATOR_VERSION, ShapesConfig, generate_split, iter_split_instances, occlusion_pairs
-from panopticlab.fileio import read_json, write_json
+from panopticlab.errors import InputError
+from panopticlab.fileio import atomic_path, read_json, write_json
 from panopticlab.progress import progress_bar
-from panopticlab.visualize import render_ground_truth, save_picture
+from panopticlab.visualize import colorize, compose, overlay, save_picture
 
+DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "panoptic_deeplab" / "shapes_demo.yaml"
+DEMO_DATA = ShapesConfig(height=128, width=128)
 NUM_PICTURES = 8
 
 
-def run_demo(output: str | Path, *, num_train: int = 400, seed: int = 0, workers: int | None = None) -> dict[str, Any]:
-    """Generate the data, draw pictures, write and return the summary."""
+def run_demo(
+    output: str | Path, *, minutes: float = 10.0, num_train: int = 400, seed: int = 0, workers: int | None = None
+) -> dict[str, Any]:
+    """Generate, train, evaluate, report. Returns the contents of ``metrics.json``."""
+    from panopticlab.engine import test, train
+
     output = Path(output)
-    config = ShapesConfig()
-    splits = {"train": (num_train, seed), "val": (max(1, num_train // 4), seed + 1)}
-    summary: dict[str, Any] = {}
-    for split, (num_images, split_seed) in splits.items():
-        split_dir = ensure_split(output / "data", split, num_images, config, split_seed, workers=workers)
+    summary = {}
+    for split, (num_images, split_seed) in {"train": (num_train, seed), "val": (max(1, num_train // 4), seed + 1)}.items():
+        split_dir = ensure_split(output / "data", split, num_images, DEMO_DATA, split_seed, workers=workers)
         summary[split] = summarize_split(split_dir)
-
-    val = CocoPanopticDataset.from_split_folder(output / "data" / "val")
-    for k in range(min(NUM_PICTURES, len(val))):
-        item = val[k]
-        picture = render_ground_truth(item["image"].permute(1, 2, 0).numpy(), item["panoptic"], val.categories)
-        save_picture(picture, output / "pictures" / f"{Path(item['file_name']).stem}.png")
-
     write_json(output / "dataset_summary.json", summary, indent=2)
-    _print_summary(summary, output)
-    return summary
+
+    config = demo_config(output, seed)
+    started = time.monotonic()
+    trained = train(config, overwrite=True, max_minutes=minutes)
+    train_minutes = (time.monotonic() - started) / 60
+    results = test(config, trained["weights"], output / "test", overwrite=True, quiet=True)
+
+    metrics = {
+        **{k: round(v, 2) for k, v in results["summary"].items()},
+        "train_minutes": round(train_minutes, 2),
+        "iterations": trained["iteration"],
+        "train_images_per_s": round(trained["images_per_s"], 2),
+        "data": summary,
+    }
+    write_json(output / "metrics.json", metrics, indent=2)
+    pictures = draw_predictions(config, trained["weights"], output / "pictures")
+    write_report(output, metrics, pictures)
+    _print_result(metrics, output)
+    return metrics
+
+
+def demo_config(output: Path, seed: int) -> Config:
+    """The demo's config with its data and output folders under ``output``."""
+    if not DEMO_CONFIG.is_file():
+        raise InputError(f"{DEMO_CONFIG}: the demo's config is missing (run the demo from a source checkout)")
+    config = load_config(Config, DEMO_CONFIG, [f"data.root={output / 'data'}", f"output_dir={output / 'train'}"])
+    return replace(config, seed=seed)
 
 
 def ensure_split(
@@ -86,21 +115,106 @@ def summarize_split(split_dir: Path) -> dict[str, Any]:
         "thing_instances": instances,
         "fully_hidden_instances": hidden,
         "overlapping_pairs": pairs,
-        "overlapping_pairs_per_image": round(pairs / num_images, 3),
         "void_pixel_fraction": round(float(1 - labelled / pixels), 4) if pixels else float(np.nan),
     }
 
 
-def _print_summary(summary: dict[str, Any], output: Path) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def draw_predictions(config: Config, weights: Path, out: Path) -> list[Path]:
+    """image | ground truth | prediction for the first val images."""
+    from panopticlab.checkpoint import load_weights
+    from panopticlab.models import build_model
 
-    table = Table(title="overlapping-shapes data")
-    table.add_column("")
-    for split in summary:
-        table.add_column(split, justify="right")
-    for key in next(iter(summary.values())):
-        table.add_row(key.replace("_", " "), *(str(summary[s][key]) for s in summary))
+    model = build_model(config)
+    load_weights(model, weights)
+    val = CocoPanopticDataset.from_split_folder(Path(config.data.root) / config.data.test.folder)
+    paths = []
+    for k in range(min(NUM_PICTURES, len(val))):
+        item = val[k]
+        image = item["image"].permute(1, 2, 0).numpy()
+        prediction = model.predict(item["image"])[0]
+        shown = sorted({s.category_id for s in item["panoptic"].segments + prediction.segments}, key=val.categories.to_contiguous)
+        panels = [
+            ("image", image),
+            ("ground truth", overlay(image, item["panoptic"], val.categories)),
+            ("prediction", overlay(image, prediction, val.categories)),
+            ("predicted segments", colorize(prediction, val.categories)),
+        ]
+        path = out / f"{Path(item['file_name']).stem}.png"
+        save_picture(compose(panels, val.categories, shown), path)
+        paths.append(path)
+    return paths
+
+
+def loss_curve_svg(records: list[dict[str, Any]], width: int = 640, height: int = 240) -> str:
+    """The training losses (log scale) against iterations, as a small standalone SVG."""
+    losses = [{"iteration": r["iteration"], "loss": r["loss"], **r.get("losses", {})} for r in records if "loss" in r]
+    if len(losses) < 2:
+        return ""
+    names = ["loss"] + sorted(k for k in losses[0] if k.startswith("loss_"))
+    colours = ["#000000", "#d62728", "#1f77b4", "#2ca02c", "#9467bd"]
+    x_max = max(r["iteration"] for r in losses)
+    values = [max(r[n], 1e-6) for r in losses for n in names if n in r]
+    lo, hi = np.log10(min(values)), np.log10(max(values))
+    hi = hi if hi > lo else lo + 1
+    pad = 40
+
+    def xy(it: float, v: float) -> str:
+        x = pad + (width - 2 * pad) * it / x_max
+        y = height - pad - (height - 2 * pad) * (np.log10(max(v, 1e-6)) - lo) / (hi - lo)
+        return f"{x:.1f},{y:.1f}"
+
+    lines = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-size="11">']
+    lines.append(f'<rect x="{pad}" y="{pad}" width="{width - 2 * pad}" height="{height - 2 * pad}" fill="none" stroke="#999"/>')
+    for name, colour in zip(names, colours):
+        points = " ".join(xy(r["iteration"], r[name]) for r in losses if name in r)
+        lines.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{points}"/>')
+    for k, (name, colour) in enumerate(zip(names, colours)):
+        lines.append(f'<text x="{pad + 110 * k}" y="{pad - 8}" fill="{colour}">{name}</text>')
+    lines.append(f'<text x="{pad}" y="{height - 12}">iteration 0 .. {x_max}; losses on a log scale, {10**lo:.3g} .. {10**hi:.3g}</text>')
+    lines.append("</svg>")
+    return "\n".join(lines)
+
+
+def write_report(output: Path, metrics: dict[str, Any], pictures: list[Path]) -> None:
+    """``report.md`` beside ``metrics.json``, with ``loss_curve.svg``."""
+    records = [json.loads(line) for line in (output / "train" / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    svg = loss_curve_svg(records)
+    if svg:
+        with atomic_path(output / "loss_curve.svg") as tmp:
+            tmp.write_text(svg, encoding="utf-8")
+    rows = "\n".join(
+        f"| {name} | {metrics[f'PQ{s}']:.1f} | {metrics[f'SQ{s}']:.1f} | {metrics[f'RQ{s}']:.1f} |"
+        for name, s in (("All", ""), ("Things", "_th"), ("Stuff", "_st"))
+    )
+    ap = f", AP {metrics['AP']:.1f}" if "AP" in metrics else ""
+    text = f"""# panopticlab demo
+
+Panoptic-DeepLab (`configs/panoptic_deeplab/shapes_demo.yaml`) trained for {metrics['train_minutes']:.1f} min
+({metrics['iterations']} iterations, {metrics['train_images_per_s']:.1f} images/s) on
+{metrics['data']['train']['images']} overlapping-shapes images, evaluated on {metrics['data']['val']['images']} held-out ones.
+
+| | PQ | SQ | RQ |
+|---|---|---|---|
+{rows}
+
+mIoU {metrics['mIoU']:.1f}{ap}. All numbers in percent; PQ with panopticapi's rules.
+
+![training losses](loss_curve.svg)
+
+Image | ground truth | prediction | predicted segments:
+
+""" + "\n".join(f"![{p.stem}](pictures/{p.name})" for p in pictures) + "\n"
+    with atomic_path(output / "report.md") as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def _print_result(metrics: dict[str, Any], output: Path) -> None:
+    from rich.console import Console
+
     console = Console()
-    console.print(table)
-    console.print(f"data: {output / 'data'}   pictures: {output / 'pictures'}   summary: {output / 'dataset_summary.json'}")
+    console.print(
+        f"PQ {metrics['PQ']:.1f}  (things {metrics['PQ_th']:.1f}, stuff {metrics['PQ_st']:.1f})  "
+        f"SQ {metrics['SQ']:.1f}  RQ {metrics['RQ']:.1f}  mIoU {metrics['mIoU']:.1f}  "
+        f"after {metrics['train_minutes']:.1f} min of training"
+    )
+    console.print(f"report: {output / 'report.md'}   metrics: {output / 'metrics.json'}")
