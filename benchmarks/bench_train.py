@@ -2,8 +2,8 @@
 
 Cases (each in fp32 and with bf16 autocast; ``--device cuda`` also fp16 with its scaler):
 
-* ``shapes``: the shapes config (``configs/panoptic_deeplab/shapes.yaml`` when present, else
-  the tests' tiny Panoptic-DeepLab: timm resnet10t, narrow decoder) on 256x256 shapes images;
+* ``shapes``: the demo's config (``configs/panoptic_deeplab/shapes_demo.yaml``: timm resnet10t,
+  narrow decoder) on shapes images of its crop size;
 * ``r52_512x1024``: detectron2's R52-DSConv Cityscapes network on 512x1024 crops (shapes
   images of 512x1024 stand in for Cityscapes, so the classifier has the shapes classes).
 
@@ -41,33 +41,16 @@ from panopticlab.fileio import write_json
 from panopticlab.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
-SHAPES_CONFIG = ROOT / "configs" / "panoptic_deeplab" / "shapes.yaml"
+SHAPES_CONFIG = ROOT / "configs" / "panoptic_deeplab" / "shapes_demo.yaml"
 R52_CONFIG = ROOT / "configs" / "panoptic_deeplab" / "r52_dsconv_cityscapes.yaml"
-TINY_MODEL = {  # tests/test_pd_model.py's TINY
-    "categories": "shapes",
-    "panoptic_deeplab": {
-        "backbone": "timm:resnet10t",
-        "aspp_channels": 64,
-        "semantic_decoder_channels": 64,
-        "instance_decoder_channels": 32,
-        "semantic_head_channels": 64,
-        "instance_head_channels": 16,
-        "semantic_projection_channels": [32, 16],
-        "instance_projection_channels": [32, 16],
-        "sigma": 3,
-        "small_instance_area": 0,
-    },
-}
 
 
 def case_configs(args: argparse.Namespace, data_root: Path) -> dict[str, Config]:
     """The two cases as configs; data generated under ``data_root``."""
     cases = {}
-    if SHAPES_CONFIG.is_file():
-        shapes = load_config(Config, SHAPES_CONFIG)
-    else:
-        shapes = from_dict(Config, {"model": TINY_MODEL, "input": {"crop_size": [256, 256]}})
-    cases["shapes"] = (shapes, 256, 256, args.shapes_batch)
+    shapes = load_config(Config, SHAPES_CONFIG)
+    size = shapes.input.crop_size
+    cases["shapes"] = (shapes, size[0], size[1], args.shapes_batch)
     r52 = load_config(Config, R52_CONFIG, ["model.categories=shapes", "input.crop_size=[512,1024]"])
     cases["r52_512x1024"] = (r52, 512, 1024, args.r52_batch)
     configs = {}
@@ -191,7 +174,7 @@ def main() -> None:
         "channels_last": args.channels_last,
         "compile": args.compile,
         "targets_in_workers": model_data_transform(probe) is not None,
-        "shapes_config": str(SHAPES_CONFIG) if SHAPES_CONFIG.is_file() else "tiny stand-in (configs/panoptic_deeplab/shapes.yaml absent)",
+        "shapes_config": str(SHAPES_CONFIG),
         "command": " ".join(sys.argv),
         "rows": rows,
     }
