@@ -51,3 +51,11 @@ def test_compose_lays_panels_side_by_side_with_a_legend():
     assert picture.width == 2 * 40 + 3 * 6 and picture.height > 30
     picture = render_ground_truth(np.zeros((3, 4, 3), dtype=np.uint8), _result(), CATEGORIES)
     assert picture.width == 3 * 4 + 4 * 6
+
+
+def test_categories_present_lists_each_category_once_in_contiguous_order():
+    from panopticlab.visualize import categories_present
+
+    other = PanopticResult.from_id_map(np.array([[3]]), {3: 1}, thing_category_ids=[1])
+    assert categories_present(CATEGORIES, _result(), other) == [1, 11]
+    assert categories_present(CATEGORIES) == []

@@ -27,7 +27,7 @@ from panopticlab.data.synthetic import GENERATOR_VERSION, ShapesConfig, generate
 from panopticlab.errors import InputError
 from panopticlab.fileio import atomic_path, read_json, write_json
 from panopticlab.progress import progress_bar
-from panopticlab.visualize import colorize, compose, overlay, save_picture
+from panopticlab.visualize import categories_present, colorize, compose, overlay, save_picture
 
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "panoptic_deeplab" / "shapes_demo.yaml"
 DEMO_DATA = ShapesConfig(height=128, width=128)
@@ -132,7 +132,7 @@ def draw_predictions(config: Config, weights: Path, out: Path) -> list[Path]:
         item = val[k]
         image = item["image"].permute(1, 2, 0).numpy()
         prediction = model.predict(item["image"])[0]
-        shown = sorted({s.category_id for s in item["panoptic"].segments + prediction.segments}, key=val.categories.to_contiguous)
+        shown = categories_present(val.categories, item["panoptic"], prediction)
         panels = [
             ("image", image),
             ("ground truth", overlay(image, item["panoptic"], val.categories)),

@@ -116,9 +116,15 @@ def compose(
     return canvas
 
 
+def categories_present(categories: Categories, *results: PanopticResult) -> list[int]:
+    """The category ids that occur in ``results``, in contiguous order: a legend's entries."""
+    present = {s.category_id for result in results for s in result.segments}
+    return sorted(present, key=categories.to_contiguous)
+
+
 def render_ground_truth(image: np.ndarray, result: PanopticResult, categories: Categories) -> Image.Image:
     """Photo | overlay | segment colours, with a legend of the categories present."""
-    shown = sorted({s.category_id for s in result.segments}, key=categories.to_contiguous)
+    shown = categories_present(categories, result)
     return compose(
         [("image", image), ("overlay", overlay(image, result, categories)), ("segments", colorize(result, categories))],
         categories,

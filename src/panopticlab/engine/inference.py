@@ -167,7 +167,7 @@ def predict_files(
 
     Returns the PNG paths.
     """
-    from panopticlab.visualize import compose, overlay, save_picture
+    from panopticlab.visualize import categories_present, compose, overlay, save_picture
 
     output_dir = Path(output_dir)
     if (output_dir / "panoptic.json").exists() and not overwrite:
@@ -184,7 +184,7 @@ def predict_files(
             write_panoptic_png(png, result.id_map)
             annotation = panoptic_annotation(path.stem, png.name, result)
             write_json(png.with_suffix(".json"), {**annotation, "image": str(path)}, indent=1)
-            shown = sorted({s.category_id for s in result.segments}, key=categories.to_contiguous)
+            shown = categories_present(categories, result)
             picture = compose([("image", image), ("prediction", overlay(image, result, categories))], categories, shown)
             save_picture(picture, output_dir / "overlays" / f"{path.stem}.png")
             images.append({"id": path.stem, "file_name": path.name, "height": result.height, "width": result.width})
