@@ -32,6 +32,7 @@ import yaml
 from panopticlab.errors import InputError
 from panopticlab.fileio import atomic_path
 from panopticlab.models.panoptic_deeplab.config import PanopticDeepLabConfig
+from panopticlab.models.sognet.config import SOGNetConfig
 
 T = TypeVar("T")
 
@@ -166,10 +167,11 @@ def _convert(hint: Any, value: Any, *, source: str, key: str) -> Any:
 
 @dataclass
 class ModelConfig:
-    arch: Literal["panoptic_deeplab"] = "panoptic_deeplab"
+    arch: Literal["panoptic_deeplab", "sognet"] = "panoptic_deeplab"
     #: "shapes", "cityscapes", "coco", or a JSON file with the categories
     categories: str = "cityscapes"
     panoptic_deeplab: PanopticDeepLabConfig = field(default_factory=PanopticDeepLabConfig)
+    sognet: SOGNetConfig = field(default_factory=SOGNetConfig)
 
 
 @dataclass
@@ -246,6 +248,10 @@ class TestConfig:
     eval_period: int = 0
     #: also report instance AP of the thing classes (from the scored panoptic segments)
     compute_ap: bool = True
+    #: Cityscapes instance AP (cityscapesscripts' evaluator, the "AP" of Cityscapes tables) against
+    #: this ``gtFine/<split>`` folder, relative to ``data.root`` (e.g. ``gtFine/val``); "" = off.
+    #: Reported as ``cityscapes_instance`` and as the summary's AP / AP50.
+    cityscapes_instance_gt: str = ""
 
 
 @dataclass

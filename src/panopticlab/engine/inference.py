@@ -4,6 +4,11 @@
 ``test`` writes the predictions in COCO panoptic format (one RGB id PNG per image and one
 JSON), the scores as JSON, and prints PQ/SQ/RQ, mIoU and AP. Under ``torchrun`` every process
 predicts its share of the images and the evaluator sums the counts across processes.
+
+A model that also offers ``predict_relations(image, boxes, labels) -> O [N, N] | None`` (the
+overlap relation of given instances, ``O_ij > 0`` where j is in front of i) gets the
+overlap-relation metric (:mod:`panopticlab.evaluation.overlap`) on the items that carry
+``instances``, reported as ``overlap``.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from panopticlab.data.coco_panoptic import panoptic_annotation, write_panoptic_j
 from panopticlab.data.dataset import Item, read_image
 from panopticlab.engine import distributed
 from panopticlab.errors import InputError
-from panopticlab.evaluation import PanopticEvaluator
+from panopticlab.evaluation import OverlapRelationEvaluator, PanopticEvaluator
 from panopticlab.fileio import write_json
 from panopticlab.structures import PanopticResult
 
@@ -39,32 +44,86 @@ def evaluate(
     """Predict every item of ``loader`` and score it (summed over processes under torch.distributed).
 
     Returns the evaluator's results (see ``PanopticEvaluator.evaluate``) plus ``summary``
-    (see :func:`summarize`).
+    (see :func:`summarize`), and ``cityscapes_instance`` (see
+    :func:`~panopticlab.data.cityscapes.cityscapes_instance_ap`) when
+    ``test.cityscapes_instance_gt`` names a gtFine split.
     """
     evaluator = PanopticEvaluator(model.categories, compute_ap=config.test.compute_ap)
+    overlap = OverlapRelationEvaluator() if callable(getattr(model, "predict_relations", None)) else None
+    cityscapes = None
+    if config.test.cityscapes_instance_gt:
+        from panopticlab.data.cityscapes import CityscapesInstanceAP
+
+        cityscapes = CityscapesInstanceAP(Path(config.data.root) / config.test.cityscapes_instance_gt)
     for batch in loader:
         predictions = model.predict(
             [item["image"] for item in batch], tta_scales=config.test.tta_scales, tta_flip=config.test.tta_flip
         )
         for item, prediction in zip(batch, predictions):
             evaluator.add(item["panoptic"], prediction, image_id=item["image_id"])
+            if overlap is not None and "instances" in item:
+                _add_overlap_relations(overlap, model, item)
+            if cityscapes is not None:
+                cityscapes.add(item["image_id"], prediction)
             if on_prediction is not None:
                 on_prediction(item, prediction)
     results = evaluator.evaluate()
+    if overlap is not None:
+        counts = _summed_over_processes(overlap.counts())
+        if counts["images"] > 0:
+            results["overlap"] = overlap.evaluate(counts)
+    if cityscapes is not None:
+        results["cityscapes_instance"] = cityscapes.evaluate()
     results["summary"] = summarize(results)
     return results
 
 
+def _add_overlap_relations(evaluator: OverlapRelationEvaluator, model: nn.Module, item: Item) -> None:
+    """Score the model's relation on the item's non-crowd instances (GT boxes and classes):
+    the front from the depth order when every instance has one (shapes), else from which
+    visible segment owns the shared amodal region (COCO-style)."""
+    instances = item["instances"]
+    keep = ~instances["iscrowd"] & instances["masks"].flatten(1).any(dim=1)
+    relation = model.predict_relations(item["image"], instances["boxes"][keep], instances["labels"][keep])
+    if relation is None:  # the model has no relation module (e.g. a baseline)
+        return
+    masks, depth = instances["masks"][keep], instances["depth"][keep]
+    if bool((depth >= 0).all()):
+        evaluator.add_masks(relation, masks, depth=depth)
+    else:
+        segment_ids = instances["panoptic_segment_ids"][keep][:, None, None]
+        id_map = torch.from_numpy(item["panoptic"].id_map).to(torch.int64)
+        evaluator.add_masks(relation, masks, visible_masks=(id_map[None] == segment_ids) & (segment_ids != 0))
+
+
+def _summed_over_processes(counts: dict[str, int]) -> dict[str, int]:
+    """Integer counts summed over the processes of torch.distributed (unchanged without it)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return counts
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, counts)
+    return {key: sum(part[key] for part in parts) for key in counts}
+
+
 def summarize(results: dict[str, Any]) -> dict[str, float]:
     """The headline numbers in percent, named as detectron2 reports them: PQ, SQ, RQ,
-    PQ_th, SQ_th, RQ_th, PQ_st, SQ_st, RQ_st, mIoU, and AP when computed."""
+    PQ_th, SQ_th, RQ_th, PQ_st, SQ_st, RQ_st, mIoU, and AP when computed (with the Cityscapes
+    instance AP, AP and AP50 are that one's, the "AP" of Cityscapes tables)."""
     summary = {}
     for split, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")):
         for key in ("pq", "sq", "rq"):
             summary[f"{key.upper()}{suffix}"] = 100 * float(results["panoptic"][split][key])
     summary["mIoU"] = 100 * float(results["semantic"]["miou"])
+    if "overlap" in results:
+        summary["overlap_F1"] = 100 * float(results["overlap"]["f1"])
+        summary["overlap_direction"] = 100 * float(results["overlap"]["direction_accuracy"])
     if "instance" in results:
         summary["AP"] = 100 * float(results["instance"]["AP"])
+    if "cityscapes_instance" in results:
+        summary["AP"] = 100 * float(results["cityscapes_instance"]["AP"])
+        summary["AP50"] = 100 * float(results["cityscapes_instance"]["AP50"])
     return summary
 
 
@@ -120,6 +179,15 @@ def test(
             write_json(output_dir / "metrics.json", to_jsonable(results), indent=1)
             if not quiet:
                 print_results(results)
+                if "overlap" in results:
+                    o = results["overlap"]
+                    print(
+                        f"Overlap relation: F1 {100 * o['f1']:.1f}   direction accuracy {100 * o['direction_accuracy']:.1f}"
+                        f"   ({o['pairs']} overlapping pairs)"
+                    )
+                if "cityscapes_instance" in results:
+                    cs = results["cityscapes_instance"]
+                    print(f"Cityscapes instance AP {100 * cs['AP']:.1f}   AP50 {100 * cs['AP50']:.1f}   (cityscapesscripts)")
                 print(f"wrote predictions and metrics to {output_dir}")
         return results
     finally:

@@ -22,6 +22,10 @@ def build_model(config: Config) -> nn.Module:
         from panopticlab.models.panoptic_deeplab import build_panoptic_deeplab_model
 
         return build_panoptic_deeplab_model(config.model.panoptic_deeplab, categories)
+    if config.model.arch == "sognet":
+        from panopticlab.models.sognet import build_sognet_model
+
+        return build_sognet_model(config.model.sognet, categories)
     raise ValueError(f"unknown model.arch {config.model.arch!r}")  # Literal-checked when the config is read
 
 

@@ -1,0 +1,177 @@
+"""The ``model.sognet`` section of a config: detector, semantic head, relation, panoptic head, losses.
+
+Defaults are the released SOGNet R50 COCO model (reference sognet.md §1.5, §4.4): ResNet-50 +
+FPN with the global-context term, UPSNet's 3-layer deformable semantic head, category +
+geometry relation (no appearance), loss weights semantic 0.2 / semantic RoI 0.04 / panoptic
+0.1 / relation 1.0 / detector 1.0, no unknown class, and at test the class-agnostic
+candidate set (score > 0.6, NMS 0.5, at most 100), 30 % same-class mask removal, the
+``x2mask`` instance logits and a 4096-pixel stuff area limit.
+
+``panoptic`` picks the method: ``sognet``; ``upsnet`` (the same network without the relation
+module, UPSNet's unknown class on, ``Y + X`` instance logits at test too); ``heuristic`` (Mask
+R-CNN + semantic head trained on their own losses, merged Panoptic-FPN style at test).
+The switches left at ``None`` take the published setting of the chosen method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from panopticlab.errors import InputError
+
+Method = Literal["sognet", "upsnet", "heuristic"]
+
+
+@dataclass
+class SOGNetConfig:
+    #: the panoptic method: sognet | upsnet | heuristic (see the module docstring)
+    panoptic: Method = "sognet"
+
+    # -- detector (detector.build_detector) --------------------------------------------------
+    #: resnet50 | resnet101 (torchvision) | timm:<name> (models/backbones.py, e.g. timm:resnet10t)
+    backbone: str = "resnet50"
+    #: ImageNet weights of the backbone (a torchvision ResNet or timm state dict), loaded when the model is built
+    backbone_weights: str | None = None
+    #: ResNets: frozen_bn (pretrained weights, the recipe) or bn (trainable BatchNorm, training from scratch).
+    #: timm backbones keep their own (trainable) norm layers.
+    backbone_norm: Literal["frozen_bn", "bn"] = "frozen_bn"
+    #: ResNets: how many of the 5 stages (layer4 first) are trained; 3 = res3..res5 (conv1 and res2 frozen)
+    trainable_layers: int = 3
+    fpn_channels: int = 256
+    #: add Linear(GAP(C5)) to the top lateral of the FPN (the released COCO models; UPSNet's fpn_with_gap)
+    fpn_global_context: bool = True
+    #: anchor size of each level P2..P6 (one size per level), and the aspect ratios (h / w)
+    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
+    anchor_aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    #: images are resized so the short side is min_size unless the long side would exceed max_size
+    #: (torchvision's rule), at training and at test; then padded to a multiple of size_divisibility
+    min_size: int = 800
+    max_size: int = 1333
+    size_divisibility: int = 32
+    rpn_pre_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_train: int = 2000
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_test: int = 1000
+    rpn_nms_threshold: float = 0.7
+    rpn_batch_size_per_image: int = 256
+    box_batch_size_per_image: int = 512
+    box_positive_fraction: float = 0.25
+    #: width of the two fully connected layers of the box head
+    box_head_channels: int = 1024
+    #: width of the four 3x3 convolutions (and the deconvolution) of the mask head
+    mask_head_channels: int = 256
+
+    # -- semantic head (semantic_head.SemanticHead) ------------------------------------------
+    #: deformable 3x3 conv layers (3 on COCO, 2 in UPSNet's Cityscapes model)
+    semantic_num_layers: int = 3
+    #: channels of the last two layers (each level's output; the concatenation has 4x this)
+    semantic_channels: int = 128
+
+    # -- relation (relation.RelationModule), SOGNet only -------------------------------------
+    relation_category_channels: int = 256
+    relation_geometry_channels: int = 128
+    #: appearance embedding from average-pooled mask-head features; 0 = off (the released model)
+    relation_appearance_channels: int = 0
+    #: two instances overlap when their intersection is >= this fraction of the smaller mask
+    #: (the relation ground truth from amodal masks; at test, from the predicted masks)
+    relation_overlap_threshold: float = 0.1
+    #: joint: the factorised removal on all overlapping instances at once (train and test);
+    #: pairwise: the released code's sequential, order-dependent loop over pairs (test only)
+    relation_inference: Literal["joint", "pairwise"] = "joint"
+
+    # -- panoptic head (panoptic_head) ---------------------------------------------------------
+    #: instance logits X + 2 Y sigmoid(X) instead of Y + X; None: at test for sognet, never for upsnet
+    train_x2mask: bool = False
+    test_x2mask: bool | None = None
+    #: UPSNet's unknown class; None: on for upsnet, off for sognet (its "novoid" recipe)
+    unknown_class: bool | None = None
+    #: with the unknown class, the fraction of GT instances kept per image in training (at least 1);
+    #: the pixels of the others are the unknown class's target
+    unknown_keep_fraction: float = 0.7
+
+    # -- loss weights ----------------------------------------------------------------------------
+    detector_loss_weight: float = 1.0
+    semantic_loss_weight: float = 0.2
+    semantic_roi_loss_weight: float = 0.04
+    panoptic_loss_weight: float = 0.1
+    relation_loss_weight: float = 1.0
+
+    # -- inference (inference.py) --------------------------------------------------------------
+    #: sognet / upsnet candidate instances: every (box, class) with probability > score_threshold,
+    #: class-agnostic NMS at nms_threshold, at most max_instances
+    score_threshold: float = 0.6
+    nms_threshold: float = 0.5
+    max_instances: int = 100
+    #: an instance whose mask lies more than this fraction on kept masks of its class is dropped
+    same_class_overlap: float = 0.3
+    #: an instance region whose majority semantic class is a stuff class covering at least
+    #: this fraction of it becomes that stuff
+    relabel_fraction: float = 0.5
+    #: stuff segments smaller than this (pixels at the image's own resolution) become VOID
+    stuff_area: int = 4096
+    #: heuristic merge: torchvision's per-class detections (NMS heuristic_nms_threshold), kept
+    #: from heuristic_score_threshold on, each when at least heuristic_min_unoccupied of its mask is free
+    heuristic_score_threshold: float = 0.6
+    heuristic_nms_threshold: float = 0.5
+    heuristic_min_unoccupied: float = 0.7
+
+    @property
+    def use_relation(self) -> bool:
+        return self.panoptic == "sognet"
+
+    @property
+    def use_x2mask_at_test(self) -> bool:
+        return self.panoptic == "sognet" if self.test_x2mask is None else self.test_x2mask
+
+    @property
+    def use_unknown_class(self) -> bool:
+        return self.panoptic == "upsnet" if self.unknown_class is None else self.unknown_class
+
+
+def check_sognet_config(config: SOGNetConfig, where: str = "model.sognet") -> None:
+    """Raise :class:`InputError` naming the key when a value cannot work."""
+
+    def fail(key: str, problem: str) -> None:
+        raise InputError(f"{where}.{key}: {problem}, got {getattr(config, key)!r}")
+
+    b = config.backbone
+    if not (b in ("resnet50", "resnet101") or (b.startswith("timm:") and len(b) > 5)):
+        fail("backbone", "must be resnet50, resnet101 or timm:<model name>")
+    if not 0 <= config.trainable_layers <= 5:
+        fail("trainable_layers", "must lie in 0..5")
+    if len(config.anchor_sizes) != 5 or min(config.anchor_sizes) <= 0:
+        fail("anchor_sizes", "needs 5 positive sizes, one per level P2..P6")
+    if not config.anchor_aspect_ratios or min(config.anchor_aspect_ratios) <= 0:
+        fail("anchor_aspect_ratios", "needs positive ratios")
+    if config.min_size < 1 or config.max_size < config.min_size:
+        fail("max_size", f"must be >= min_size ({config.min_size}) >= 1")
+    if config.size_divisibility < 32 or config.size_divisibility % 32:
+        fail("size_divisibility", "must be a multiple of 32 (the stride of P5)")
+    positive = [
+        "fpn_channels", "rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_pre_nms_top_n_test",
+        "rpn_post_nms_top_n_test", "rpn_batch_size_per_image", "box_batch_size_per_image",
+        "box_head_channels", "mask_head_channels", "semantic_num_layers", "semantic_channels",
+        "relation_category_channels", "relation_geometry_channels", "max_instances",
+    ]
+    for key in positive:
+        if getattr(config, key) < 1:
+            fail(key, "must be at least 1")
+    if config.relation_appearance_channels < 0:
+        fail("relation_appearance_channels", "must be >= 0 (0 = off)")
+    fractions = [
+        "rpn_nms_threshold", "box_positive_fraction", "relation_overlap_threshold", "unknown_keep_fraction",
+        "score_threshold", "nms_threshold", "same_class_overlap", "relabel_fraction",
+        "heuristic_score_threshold", "heuristic_nms_threshold", "heuristic_min_unoccupied",
+    ]
+    for key in fractions:
+        if not 0 <= getattr(config, key) <= 1:
+            fail(key, "must lie in [0, 1]")
+    if config.relation_overlap_threshold == 0:
+        fail("relation_overlap_threshold", "must be > 0 (0 would relate instances that do not touch)")
+    if config.stuff_area < 0:
+        fail("stuff_area", "must be >= 0")
+    weights = ("detector", "semantic", "semantic_roi", "panoptic", "relation")
+    for key in (f"{name}_loss_weight" for name in weights):
+        if getattr(config, key) < 0:
+            fail(key, "must be >= 0")

@@ -1,0 +1,287 @@
+"""torchvision's Mask R-CNN, built from its parts and used through them.
+
+SOGNet needs more than ``MaskRCNN.forward`` offers: mask logits for given boxes (the GT boxes
+in training, its own candidates at test), the FPN features for the semantic head, and a
+class-agnostic candidate set. So the parts are kept separate (reference sognet.md §9.1):
+
+* ``backbone``: ResNet-50/101 (torchvision, frozen BN, ``trainable_layers``) or a timm model,
+  + FPN with P6 by max-pooling, optionally with UPSNet's global-context term;
+  ``features = backbone(images)`` is an OrderedDict ``'0'..'3'`` (P2..P5, strides 4..32) and ``'pool'`` (P6);
+* ``rpn``: torchvision's :class:`RegionProposalNetwork` on P2..P6;
+* ``roi_heads``: torchvision's :class:`RoIHeads` (box head: RoIAlign 7x7 + two FC layers;
+  mask head: RoIAlign 14x14, four 3x3 convs, a deconvolution, 28x28 class-specific logits).
+
+The detector's labels are ``1..K`` (thing index + 1, see :mod:`.labels`), 0 = background.
+The image transform (normalise, resize, pad) is SOGNet's own (:mod:`.targets`), shared with
+the semantic head and the panoptic targets; torchvision's ``GeneralizedRCNNTransform`` is not used.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
+from torchvision.ops import boxes as box_ops
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from panopticlab.errors import InputError
+from panopticlab.models.sognet.config import SOGNetConfig
+
+#: the FPN levels the RoI heads and the semantic head read (P2..P5)
+FPN_LEVELS = ("0", "1", "2", "3")
+RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+
+class GlobalContextLateral(nn.Module):
+    """The FPN's top lateral with UPSNet's global context: ``lateral(C5) + Linear(GAP(C5))``.
+
+    Replaces ``fpn.inner_blocks[-1]``, so the context is added before the top-down path.
+
+    Args:
+        lateral: the FPN's 1x1 lateral block of C5.
+        in_channels: channels of C5.
+        out_channels: the FPN's channels.
+    """
+
+    def __init__(self, lateral: nn.Module, in_channels: int, out_channels: int):
+        super().__init__()
+        self.lateral = lateral
+        self.context = nn.Linear(in_channels, out_channels)
+        nn.init.kaiming_uniform_(self.context.weight, a=1)
+        nn.init.zeros_(self.context.bias)
+
+    def forward(self, c5: Tensor) -> Tensor:
+        """float [B, C5, h, w] -> [B, out_channels, h, w]."""
+        return self.lateral(c5) + self.context(c5.mean(dim=(2, 3)))[:, :, None, None]
+
+
+class TimmFPN(nn.Module):
+    """A timm backbone's res2..res5 + torchvision's FPN (P6 by max-pooling).
+
+    ``forward(images)`` -> OrderedDict ``'0'..'3'``, ``'pool'``, each [B, out_channels, ...].
+    """
+
+    def __init__(self, model_name: str, out_channels: int):
+        super().__init__()
+        from panopticlab.models.backbones import TimmBackbone
+
+        self.body = TimmBackbone(model_name, output_stride=32, out_features=("res2", "res3", "res4", "res5"))
+        strides = [self.body.feature_strides[f"res{k}"] for k in range(2, 6)]
+        if strides != [4, 8, 16, 32]:
+            raise ValueError(f"timm model {model_name!r} has feature strides {strides}, SOGNet needs 4, 8, 16, 32")
+        channels = [self.body.feature_channels[f"res{k}"] for k in range(2, 6)]
+        self.fpn = FeaturePyramidNetwork(channels, out_channels, extra_blocks=LastLevelMaxPool())
+        self.out_channels = out_channels
+
+    def forward(self, images: Tensor) -> OrderedDict[str, Tensor]:
+        features = self.body(images)
+        return self.fpn(OrderedDict((level, features[f"res{k + 2}"]) for k, level in enumerate(FPN_LEVELS)))
+
+
+def build_backbone_fpn(config: SOGNetConfig) -> nn.Module:
+    """The backbone + FPN of a config, with ``out_channels``; ImageNet weights loaded when given."""
+    name = config.backbone
+    if name.startswith("timm:"):
+        model = TimmFPN(name[len("timm:") :], config.fpn_channels)
+        if config.backbone_weights:
+            from panopticlab.checkpoint import load_backbone_weights
+
+            load_backbone_weights(model.body, config.backbone_weights)
+        c5_channels = model.body.feature_channels["res5"]
+        fpn = model.fpn
+    else:
+        norm = FrozenBatchNorm2d if config.backbone_norm == "frozen_bn" else nn.BatchNorm2d
+        body = getattr(torchvision.models, name)(weights=None, norm_layer=norm)
+        if config.backbone_weights:
+            _load_resnet_weights(body, config.backbone_weights)
+        _freeze_resnet(body, config.trainable_layers)
+        model = BackboneWithFPN(
+            body,
+            return_layers={stage: level for stage, level in zip(RESNET_STAGES, FPN_LEVELS)},
+            in_channels_list=[256, 512, 1024, 2048],
+            out_channels=config.fpn_channels,
+            extra_blocks=LastLevelMaxPool(),
+        )
+        c5_channels = 2048
+        fpn = model.fpn
+    if config.fpn_global_context:
+        fpn.inner_blocks[-1] = GlobalContextLateral(fpn.inner_blocks[-1], c5_channels, config.fpn_channels)
+    return model
+
+
+def _freeze_resnet(body: nn.Module, trainable_layers: int) -> None:
+    """Train only the last ``trainable_layers`` of conv1, layer1..layer4 (torchvision's rule)."""
+    trained = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
+    if trainable_layers == 5:
+        trained.append("bn1")
+    for name, parameter in body.named_parameters():
+        if not any(name.startswith(prefix) for prefix in trained):
+            parameter.requires_grad_(False)
+
+
+def _load_resnet_weights(body: nn.Module, path: str) -> None:
+    """A torchvision ResNet ImageNet state dict (``fc`` ignored) into ``body``."""
+    from panopticlab.checkpoint import read_state_dict
+
+    state = {k: v for k, v in read_state_dict(path).items() if not k.startswith("fc.")}
+    missing, unexpected = body.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("fc.")]
+    if missing or unexpected:
+        problem = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise InputError(f"{path}: not a torchvision ResNet state dict ({problem})")
+
+
+class Detector(nn.Module):
+    """Backbone + FPN, RPN and RoI heads of a torchvision Mask R-CNN (no image transform).
+
+    Attribute names are torchvision's (``backbone``, ``rpn``, ``roi_heads``).
+    """
+
+    def __init__(self, backbone: nn.Module, rpn: RegionProposalNetwork, roi_heads: RoIHeads):
+        super().__init__()
+        self.backbone = backbone
+        self.rpn = rpn
+        self.roi_heads = roi_heads
+
+
+def build_detector(config: SOGNetConfig, num_thing_classes: int) -> Detector:
+    """The Mask R-CNN parts of a config for ``num_thing_classes`` thing classes (+ background)."""
+    backbone = build_backbone_fpn(config)
+    channels = backbone.out_channels
+    ratios = tuple(float(r) for r in config.anchor_aspect_ratios)
+    anchors = AnchorGenerator(tuple((int(s),) for s in config.anchor_sizes), (ratios,) * len(config.anchor_sizes))
+    rpn = RegionProposalNetwork(
+        anchors,
+        RPNHead(channels, len(ratios)),
+        fg_iou_thresh=0.7,
+        bg_iou_thresh=0.3,
+        batch_size_per_image=config.rpn_batch_size_per_image,
+        positive_fraction=0.5,
+        pre_nms_top_n={"training": config.rpn_pre_nms_top_n_train, "testing": config.rpn_pre_nms_top_n_test},
+        post_nms_top_n={"training": config.rpn_post_nms_top_n_train, "testing": config.rpn_post_nms_top_n_test},
+        nms_thresh=config.rpn_nms_threshold,
+    )
+    levels = list(FPN_LEVELS)
+    roi_heads = RoIHeads(
+        box_roi_pool=MultiScaleRoIAlign(levels, output_size=7, sampling_ratio=2),
+        box_head=TwoMLPHead(channels * 7 * 7, config.box_head_channels),
+        box_predictor=FastRCNNPredictor(config.box_head_channels, num_thing_classes + 1),
+        fg_iou_thresh=0.5,
+        bg_iou_thresh=0.5,
+        batch_size_per_image=config.box_batch_size_per_image,
+        positive_fraction=config.box_positive_fraction,
+        bbox_reg_weights=None,  # (10, 10, 5, 5)
+        score_thresh=0.05,
+        nms_thresh=0.5,
+        detections_per_img=100,
+        mask_roi_pool=MultiScaleRoIAlign(levels, output_size=14, sampling_ratio=2),
+        mask_head=MaskRCNNHeads(channels, (config.mask_head_channels,) * 4, 1),
+        mask_predictor=MaskRCNNPredictor(config.mask_head_channels, config.mask_head_channels, num_thing_classes + 1),
+    )
+    return Detector(backbone, rpn, roi_heads)
+
+
+def detector_losses(
+    detector: Detector, images: ImageList, features: OrderedDict[str, Tensor], targets: list[dict[str, Tensor]]
+) -> dict[str, Tensor]:
+    """Mask R-CNN's training losses (RPN objectness and boxes; RoI classes, boxes and masks).
+
+    Args:
+        images: the normalised, padded batch and each image's size before padding.
+        features: ``detector.backbone(images.tensors)``.
+        targets: per image ``boxes`` float [N, 4] (x0, y0, x1, y1 in input pixels),
+            ``labels`` int64 [N] in 1..K, ``masks`` bool [N, H, W] (the instance masks).
+
+    Returns:
+        ``loss_objectness``, ``loss_rpn_box_reg``, ``loss_classifier``, ``loss_box_reg``, ``loss_mask``.
+    """
+    proposals, rpn_losses = detector.rpn(images, features, targets)
+    _, roi_losses = detector.roi_heads(features, proposals, images.image_sizes, targets)
+    return {**rpn_losses, **roi_losses}
+
+
+def mask_head_outputs(
+    detector: Detector, features: OrderedDict[str, Tensor], boxes: list[Tensor], labels: list[Tensor], image_sizes: list[tuple[int, int]]
+) -> tuple[list[Tensor], list[Tensor]]:
+    """The mask head run on given boxes: each box's 28x28 logits of its class, and its features.
+
+    Args:
+        boxes: per image float [N_b, 4] in input pixels.
+        labels: per image int64 [N_b], detector labels 1..K.
+
+    Returns:
+        per image the mask logits float [N_b, 28, 28] (not probabilities) and the mask-head
+        features average-pooled, float [N_b, mask_head_channels] (the relation's appearance input).
+    """
+    heads = detector.roi_heads
+    counts = [len(b) for b in boxes]
+    if sum(counts) == 0:
+        channels = heads.mask_predictor.conv5_mask.in_channels
+        empty_logits = features[FPN_LEVELS[0]].new_zeros((0, 28, 28))
+        empty_features = features[FPN_LEVELS[0]].new_zeros((0, channels))
+        return [empty_logits] * len(boxes), [empty_features] * len(boxes)
+    pooled = heads.mask_roi_pool(features, boxes, image_sizes)
+    mask_features = heads.mask_head(pooled)  # [sum N, C, 14, 14]
+    logits = heads.mask_predictor(mask_features)  # [sum N, K + 1, 28, 28]
+    all_labels = torch.cat(labels)
+    logits = logits[torch.arange(len(all_labels), device=logits.device), all_labels]
+    return list(logits.split(counts)), list(mask_features.mean(dim=(2, 3)).split(counts))
+
+
+def detect(
+    detector: Detector,
+    images: ImageList,
+    features: OrderedDict[str, Tensor],
+    *,
+    score_threshold: float,
+    nms_threshold: float,
+    max_detections: int,
+    class_agnostic: bool,
+) -> list[dict[str, Tensor]]:
+    """Detections from the RPN's proposals and the box head, without the mask head.
+
+    Every (proposal, class) pair with softmax probability > ``score_threshold`` is a
+    candidate with its class-specific box (clipped to the image). Then NMS at
+    ``nms_threshold``: across classes when ``class_agnostic`` (SOGNet's panoptic instance
+    set, reference §4.4 step 3), per class otherwise (torchvision's detections). At most
+    ``max_detections`` per image, highest score first.
+
+    Returns:
+        per image ``boxes`` float [D, 4] (input pixels), ``labels`` int64 [D] (1..K), ``scores`` float [D].
+    """
+    proposals, _ = detector.rpn(images, features)
+    heads = detector.roi_heads
+    box_features = heads.box_head(heads.box_roi_pool(features, proposals, images.image_sizes))
+    class_logits, box_regression = heads.box_predictor(box_features)
+    all_boxes = heads.box_coder.decode(box_regression, proposals)  # [R, K + 1, 4]
+    all_scores = F.softmax(class_logits, dim=-1)
+    counts = [len(p) for p in proposals]
+    detections = []
+    for boxes, scores, size in zip(all_boxes.split(counts), all_scores.split(counts), images.image_sizes):
+        boxes = box_ops.clip_boxes_to_image(boxes, size)[:, 1:].reshape(-1, 4)  # background column dropped
+        num_classes = scores.shape[1] - 1
+        labels = torch.arange(1, num_classes + 1, device=scores.device).repeat(scores.shape[0])
+        scores = scores[:, 1:].reshape(-1)
+        keep = torch.where(scores > score_threshold)[0]
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        keep = box_ops.remove_small_boxes(boxes, min_size=1e-2)
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        if class_agnostic:
+            keep = box_ops.nms(boxes, scores, nms_threshold)
+        else:
+            keep = box_ops.batched_nms(boxes, scores, labels, nms_threshold)
+        keep = keep[:max_detections]  # nms returns indices by decreasing score
+        detections.append({"boxes": boxes[keep], "labels": labels[keep], "scores": scores[keep]})
+    return detections

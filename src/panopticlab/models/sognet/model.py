@@ -1,0 +1,419 @@
+"""SOGNet as panopticlab's trainers and tools see every model:
+
+* ``forward(batch)``: a list of dataset items -> a dict of named, weighted losses;
+* ``predict(images)``: images (paths, PIL, numpy, tensors) -> one :class:`PanopticResult` each;
+* ``predict_relations(image, boxes, labels)``: the overlap relation O of given instances (the
+  overlap-relation metric), or None for the baselines that have no relation module;
+* ``data_transform()``: the per-item target maker run in the loader's workers.
+
+The parts: ``detector.py`` (torchvision Mask R-CNN), ``semantic_head.py``, ``relation.py``,
+``overlap_removal.py``, ``panoptic_head.py``, ``targets.py`` and ``inference.py``.
+
+Training (one image at a time for the panoptic head, reference §9.3): Mask R-CNN's losses;
+the semantic loss and the semantic RoI loss on the GT boxes; the mask head run on the GT boxes,
+its logits pasted on the stride-4 canvas; for SOGNet the relation module on the instances
+whose amodal masks overlap another's, their logits resolved by the factorised removal, and the
+relation loss; the panoptic logits ``[stuff ; Y + X~ (; unknown)]`` against the target from
+the visible segments.
+
+Inference: class-agnostic candidates (score > 0.6, NMS 0.5, <= 100), their mask logits pasted
+at the image's resolution, same-class removal (30 %), the relation + removal on the
+instances whose predicted masks overlap, the ``x2mask`` panoptic logits, argmax,
+majority-class relabelling and the stuff area limit. ``panoptic: heuristic`` merges
+torchvision's per-class detections with the semantic argmax instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.detection.image_list import ImageList
+
+from panopticlab.data.coco_panoptic import Categories
+from panopticlab.errors import InputError
+from panopticlab.models.panoptic_deeplab.model import ImageInput, as_image_tensors
+from panopticlab.models.sognet.config import SOGNetConfig, check_sognet_config
+from panopticlab.models.sognet.detector import (
+    FPN_LEVELS,
+    Detector,
+    build_detector,
+    detect,
+    detector_losses,
+    mask_head_outputs,
+)
+from panopticlab.models.sognet.inference import (
+    assemble_result,
+    heuristic_assignment,
+    panoptic_assignment,
+    remove_small_stuff,
+    resample_to_image,
+    same_class_removal,
+)
+from panopticlab.models.sognet.labels import LabelSpace
+from panopticlab.models.sognet.overlap_removal import (
+    remove_overlaps,
+    remove_overlaps_pairwise,
+)
+from panopticlab.models.sognet.panoptic_head import (
+    crop_to_boxes,
+    panoptic_logits,
+    panoptic_loss,
+    panoptic_target,
+    paste_mask_logits,
+    unknown_logits,
+)
+from panopticlab.models.sognet.relation import (
+    RelationModule,
+    overlapping_order,
+    relation_ground_truth,
+    relation_loss,
+)
+from panopticlab.models.sognet.semantic_head import (
+    SemanticHead,
+    semantic_loss,
+    semantic_roi_loss,
+)
+from panopticlab.models.sognet.targets import (
+    IGNORE_LABEL,
+    PIXEL_MEAN,
+    PIXEL_STD,
+    PrepareTrainingItem,
+    input_size,
+    pad_to,
+    padded_size,
+    resize_image,
+    stride4_id_map,
+)
+from panopticlab.structures import PanopticResult
+
+
+class SOGNet(nn.Module):
+    """Mask R-CNN + semantic head (+ relation module) + parameter-free panoptic head.
+
+    Args:
+        detector: the Mask R-CNN parts (labels 1..K over the thing classes).
+        semantic_head: logits of all categories at stride 4.
+        relation: the relation module, or None (``panoptic: upsnet | heuristic``).
+        categories: the dataset's categories.
+        config: the ``model.sognet`` section.
+    """
+
+    def __init__(
+        self,
+        detector: Detector,
+        semantic_head: SemanticHead,
+        relation: RelationModule | None,
+        categories: Categories,
+        config: SOGNetConfig,
+    ):
+        super().__init__()
+        self.detector = detector
+        self.semantic_head = semantic_head
+        self.relation = relation
+        self.categories = categories
+        self.config = config
+        self.labels = LabelSpace(categories)
+        self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(3, 1, 1), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    # -- training --------------------------------------------------------------------------
+
+    def data_transform(self) -> PrepareTrainingItem:
+        """The trainer runs this on every training item in its data-loader workers."""
+        c = self.config
+        category_ids = {i: self.categories.to_contiguous(i) for i in self.categories.ids}
+        return PrepareTrainingItem(self.labels, category_ids, c.min_size, c.max_size, c.relation_overlap_threshold)
+
+    def forward(self, batch: Sequence[dict[str, Any]]) -> dict[str, Tensor]:
+        """Dataset items (``image`` uint8 [3, H, W], ``panoptic``, optional ``instances``; ``sognet``
+        when :meth:`data_transform` made it) -> the weighted losses: Mask R-CNN's five
+        (``loss_objectness``, ``loss_rpn_box_reg``, ``loss_classifier``, ``loss_box_reg``,
+        ``loss_mask``), ``loss_sem_seg``, ``loss_sem_roi``, and unless ``panoptic: heuristic``
+        ``loss_panoptic`` (+ ``loss_relation`` for SOGNet)."""
+        c = self.config
+        prepare = self.data_transform()
+        items = [item if "sognet" in item else prepare(item) for item in batch]
+        images = self._preprocess([item["image"].to(self.device).float() for item in items])
+        targets = [_to_device(item["sognet"], self.device) for item in items]
+        height, width = images.tensors.shape[-2:]
+
+        features = self.detector.backbone(images.tensors)
+        detector_targets = [{"boxes": t["boxes"], "labels": t["labels"] + 1, "masks": t["masks"]} for t in targets]
+        losses = {
+            name: c.detector_loss_weight * value
+            for name, value in detector_losses(self.detector, images, features, detector_targets).items()
+        }
+        semantic, fused = self.semantic_head([features[level] for level in FPN_LEVELS])
+        semantic_target = torch.stack([pad_to(t["semantic"].long(), height, width, IGNORE_LABEL) for t in targets])
+        losses["loss_sem_seg"] = c.semantic_loss_weight * semantic_loss(semantic, semantic_target)
+        boxes = [t["boxes"] for t in targets]
+        losses["loss_sem_roi"] = c.semantic_roi_loss_weight * semantic_roi_loss(
+            fused, self.semantic_head.classifier, boxes, semantic_target
+        )
+        if c.panoptic != "heuristic":
+            panoptic, relation = self._panoptic_losses(features, semantic, targets, images)
+            losses["loss_panoptic"] = c.panoptic_loss_weight * panoptic
+            if self.relation is not None:
+                losses["loss_relation"] = c.relation_loss_weight * relation
+        return losses
+
+    def _panoptic_losses(
+        self, features: dict[str, Tensor], semantic: Tensor, targets: list[dict[str, Any]], images: ImageList
+    ) -> tuple[Tensor, Tensor]:
+        """The panoptic and relation losses, each averaged over the images of the batch."""
+        height, width = images.tensors.shape[-2:]
+        kept = [self._panoptic_instances(len(t["labels"])) for t in targets]
+        boxes = [t["boxes"][k] for t, k in zip(targets, kept)]
+        detector_labels = [t["labels"][k] + 1 for t, k in zip(targets, kept)]
+        mask_logits, appearance = mask_head_outputs(self.detector, features, boxes, detector_labels, images.image_sizes)
+        panoptic_losses, relation_losses = [], []
+        for b, t in enumerate(targets):
+            k = kept[b]
+            labels = t["labels"][k]
+            canvas_boxes = boxes[b] / 4
+            masks = paste_mask_logits(mask_logits[b], canvas_boxes, height // 4, width // 4)
+            if self.relation is not None:
+                masks, relation = self._resolve(masks, labels, boxes[b], appearance[b], t["relation"][k][:, k])
+                relation_losses.append(relation)
+            logits = self._panoptic_logits(semantic[b], masks, labels, canvas_boxes, x2mask=self.config.train_x2mask)
+            target = panoptic_target(
+                stride4_id_map(t["id_map"], height, width),
+                t["segment_labels"],
+                self.labels.stuff_channel,
+                t["segment_ids"][k],
+                unknown_segment_ids=self._unknown_segments(t, k) if self.config.use_unknown_class else (),
+            )
+            panoptic_losses.append(panoptic_loss(logits, target))
+        relation = torch.stack(relation_losses).mean() if relation_losses else semantic.sum() * 0.0
+        return torch.stack(panoptic_losses).mean(), relation
+
+    def _panoptic_instances(self, n: int) -> Tensor:
+        """The GT instances that get a panoptic channel: all, or with UPSNet's unknown class a
+        random ``floor(keep_fraction * n)`` (at least 1) of them, in index order."""
+        if not self.config.use_unknown_class or n == 0:
+            return torch.arange(n, device=self.device)
+        keep = max(1, int(self.config.unknown_keep_fraction * n))
+        return torch.randperm(n, device=self.device)[:keep].sort().values
+
+    def _unknown_segments(self, targets: dict[str, Any], kept: Tensor) -> list[int]:
+        """Thing segments no kept instance owns (dropped instances, crowd, unmatched): the
+        unknown class's target (UPSNet)."""
+        owned = set(targets["segment_ids"][kept].tolist())
+        things = set(self.labels.things)
+        return [s for s, c in targets["segment_labels"].items() if c in things and s not in owned]
+
+    def _resolve(
+        self,
+        masks: Tensor,
+        labels: Tensor,
+        boxes: Tensor,
+        appearance: Tensor,
+        overlap: Tensor,
+        *,
+        pairwise: bool = False,
+    ) -> tuple[Tensor, Tensor]:
+        """Overlap removal among the instances that overlap another one.
+
+        Args:
+            masks: float [N, H, W] pasted mask logits.
+            labels: int64 [N] thing indices; boxes: float [N, 4] input pixels;
+            appearance: float [N, F] pooled mask-head features.
+            overlap: float [N, N], which instances overlap (G in training; predicted masks at test).
+            pairwise: the released code's sequential loop instead of the joint formula.
+
+        Returns:
+            the resolved logits [N, H, W] (the others unchanged) and the relation loss
+            against ``overlap`` on the subset (0, still connected, with fewer than 2).
+        """
+        subset = overlapping_order(overlap)
+        relation = self.relation(labels[subset], boxes[subset], appearance[subset] if self.relation.appearance_channels else None)
+        loss = relation_loss(relation, overlap[subset][:, subset])
+        if len(subset) < 2:
+            return masks, loss
+        if pairwise:
+            resolved = remove_overlaps_pairwise(masks[subset], lambda i, j: relation[[i, j]][:, [i, j]])
+        else:
+            resolved = remove_overlaps(masks[subset], relation)
+        return masks.index_copy(0, subset, resolved), loss
+
+    def _panoptic_logits(self, semantic: Tensor, masks: Tensor, labels: Tensor, boxes: Tensor, *, x2mask: bool) -> Tensor:
+        """``[stuff ; instances (; unknown)]`` on the canvas of ``semantic`` [C, H, W]; ``masks`` the
+        resolved mask logits [N, H, W], ``labels`` thing indices, ``boxes`` in canvas pixels."""
+        instance_semantic = crop_to_boxes(semantic[self.labels.thing_contiguous(labels)], boxes)
+        unknown = None
+        if self.config.use_unknown_class:
+            unknown = unknown_logits(semantic[self.labels.things], instance_semantic)
+        return panoptic_logits(
+            semantic[self.labels.stuff], instance_semantic, masks, x2mask=x2mask, unknown_logits=unknown
+        )
+
+    # -- inference -------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def predict(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        *,
+        tta_scales: Sequence[float] = (1.0,),
+        tta_flip: bool = False,
+    ) -> list[PanopticResult]:
+        """Panoptic segmentation of one image or several.
+
+        Args:
+            images: a path, PIL image, uint8 numpy array [H, W, 3], tensor [3, H, W] or
+                [B, 3, H, W] (RGB, 0..255), or a list of these.
+            tta_scales, tta_flip: must stay at their defaults (SOGNet has no test-time
+                augmentation; asking for one raises InputError rather than ignore it).
+
+        Returns:
+            One result per image at its own size; segments carry dataset category ids, thing
+            segments their detection score.
+        """
+        if tuple(tta_scales) != (1.0,) or tta_flip:
+            raise InputError(
+                f"SOGNet has no test-time augmentation: set test.tta_scales=[1.0] and test.tta_flip=false "
+                f"(got {list(tta_scales)}, {tta_flip})"
+            )
+        was_training = self.training
+        self.eval()
+        try:
+            return [self._predict_one(image) for image in as_image_tensors(images)]
+        finally:
+            self.train(was_training)
+
+    def _predict_one(self, image: Tensor) -> PanopticResult:
+        c = self.config
+        height, width = image.shape[-2:]
+        images = self._preprocess([self._resize(image.to(self.device))])
+        features = self.detector.backbone(images.tensors)
+        semantic, _ = self.semantic_head([features[level] for level in FPN_LEVELS])
+        heuristic = c.panoptic == "heuristic"
+        detections = detect(
+            self.detector,
+            images,
+            features,
+            score_threshold=c.heuristic_score_threshold if heuristic else c.score_threshold,
+            nms_threshold=c.heuristic_nms_threshold if heuristic else c.nms_threshold,
+            max_detections=c.max_instances,
+            class_agnostic=not heuristic,
+        )[0]
+        mask_logits, appearance = mask_head_outputs(
+            self.detector, features, [detections["boxes"]], [detections["labels"]], images.image_sizes
+        )
+        input_h, input_w = images.image_sizes[0]
+        scale = torch.tensor([input_w / width, input_h / height] * 2, device=self.device)
+        input_boxes = detections["boxes"]
+        boxes = input_boxes / scale  # image pixels
+        labels = detections["labels"] - 1  # thing indices
+        scores = detections["scores"]
+        semantic = resample_to_image(semantic[0], (input_h, input_w), (height, width))
+        semantic_argmax = semantic.argmax(dim=0)
+        masks = paste_mask_logits(mask_logits[0], boxes, height, width)
+        contiguous = self.labels.thing_contiguous(labels)
+
+        if heuristic:
+            instance, category = heuristic_assignment(
+                masks > 0, semantic_argmax, self.labels, min_unoccupied=c.heuristic_min_unoccupied
+            )
+        else:
+            keep = same_class_removal(masks > 0, labels, c.same_class_overlap)
+            masks, labels, contiguous, scores = masks[keep], labels[keep], contiguous[keep], scores[keep]
+            boxes, input_boxes, appearance = boxes[keep], input_boxes[keep], appearance[0][keep]
+            if self.relation is not None:
+                overlap = relation_ground_truth(masks > 0, c.relation_overlap_threshold)
+                masks, _ = self._resolve(
+                    masks, labels, input_boxes, appearance, overlap, pairwise=c.relation_inference == "pairwise"
+                )
+            logits = self._panoptic_logits(semantic, masks, labels, boxes, x2mask=c.use_x2mask_at_test)
+            instance, category = panoptic_assignment(
+                logits,
+                semantic_argmax,
+                contiguous,
+                self.labels,
+                relabel_fraction=c.relabel_fraction,
+                has_unknown=c.use_unknown_class,
+            )
+        category = remove_small_stuff(instance, category, c.stuff_area)
+        return assemble_result(instance, category, contiguous, scores, self.categories)
+
+    @torch.no_grad()
+    def predict_relations(self, image: ImageInput, boxes: Tensor, labels: Tensor) -> Tensor | None:
+        """The overlap relation O of given instances (GT boxes and classes, for the metric).
+
+        Args:
+            image: one image (as :meth:`predict` takes it).
+            boxes: float [N, 4], (x0, y0, x1, y1) in the image's pixels.
+            labels: int64 [N], contiguous ids of thing categories.
+
+        Returns:
+            float [N, N] on the CPU, ``O_ij > 0`` where j is in front of i; None when the model
+            has no relation module (``panoptic: upsnet | heuristic``).
+        """
+        if self.relation is None:
+            return None
+        was_training = self.training
+        self.eval()
+        try:
+            image = as_image_tensors(image)[0].to(self.device)
+            height, width = image.shape[-2:]
+            input_h, input_w = input_size(height, width, self.config.min_size, self.config.max_size)
+            scale = torch.tensor([input_w / width, input_h / height] * 2, device=self.device)
+            input_boxes = boxes.to(self.device, torch.float32) * scale
+            things = self.labels.thing_index(labels.to(self.device))
+            appearance = None
+            if self.relation.appearance_channels:
+                images = self._preprocess([resize_image(image, (input_h, input_w))])
+                features = self.detector.backbone(images.tensors)
+                _, pooled = mask_head_outputs(self.detector, features, [input_boxes], [things + 1], images.image_sizes)
+                appearance = pooled[0]
+            return self.relation(things, input_boxes, appearance).cpu()
+        finally:
+            self.train(was_training)
+
+    # -- input -------------------------------------------------------------------------------
+
+    def _resize(self, image: Tensor) -> Tensor:
+        """float [3, H, W] -> the input size of :func:`~.targets.input_size`."""
+        return resize_image(image, input_size(*image.shape[-2:], self.config.min_size, self.config.max_size))
+
+    def _preprocess(self, images: list[Tensor]) -> ImageList:
+        """float [3, h, w] RGB 0..255 images at input size -> normalised, zero-padded batch
+        (height and width multiples of ``size_divisibility``) with the sizes before padding."""
+        sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+        height, width = padded_size(sizes, self.config.size_divisibility)
+        batch = torch.stack([pad_to((im - self.pixel_mean) / self.pixel_std, height, width, 0.0) for im in images])
+        return ImageList(batch, sizes)
+
+
+def build_sognet_model(config: SOGNetConfig, categories: Categories) -> SOGNet:
+    """The model of a ``model.sognet`` config section for these categories.
+
+    Raises InputError for a config value that cannot work (see :func:`check_sognet_config`).
+    """
+    check_sognet_config(config)
+    labels = LabelSpace(categories)
+    detector = build_detector(config, labels.num_things)
+    semantic_head = SemanticHead(
+        detector.backbone.out_channels, len(categories), config.semantic_num_layers, config.semantic_channels
+    )
+    relation = None
+    if config.use_relation:
+        relation = RelationModule(
+            labels.num_things,
+            category_channels=config.relation_category_channels,
+            geometry_channels=config.relation_geometry_channels,
+            appearance_channels=config.relation_appearance_channels,
+            appearance_in_channels=config.mask_head_channels,
+        )
+    return SOGNet(detector, semantic_head, relation, categories, config)
+
+
+def _to_device(targets: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in targets.items()}

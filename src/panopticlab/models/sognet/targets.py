@@ -1,0 +1,158 @@
+"""SOGNet's input sizing and training targets, made per dataset item.
+
+:class:`PrepareTrainingItem` is the model's ``data_transform``: it runs in the loader's worker
+processes after the augmentation, resizes the item to the network's input size (short side
+``min_size``, long side at most ``max_size``) and adds ``item["sognet"]``:
+
+* ``semantic``: uint8 [H, W], contiguous category ids of the visible segments, 255 = VOID;
+* ``id_map``: int32 [H, W], the panoptic segment ids (for the panoptic target at stride 4);
+* ``segment_labels``: {segment id: contiguous category id};
+* the training instances (non-crowd things whose visible segment is in the image), with
+  ``boxes`` float [N, 4] (x0, y0, x1, y1), ``labels`` int64 [N] thing indices 0..K-1, ``masks``
+  bool [N, H, W] (amodal where the dataset has amodal masks: the detector learns whole
+  objects), ``segment_ids`` int64 [N] (each one's visible segment) and ``relation`` float [N, N]
+  (the relation ground truth from the masks, reference §5.1).
+
+Instances come from ``item["instances"]`` (an instances JSON beside the panoptic one: the shapes
+dataset's amodal masks, or COCO's ``instances_*.json`` joined to the panoptic segments by
+``panopticlab prepare coco``). An instance without a visible segment in the (cropped) image is
+left out: nothing of it can be seen, so neither the detector nor the panoptic head can learn it.
+Without ``item["instances"]`` the visible thing segments are the instances; they never overlap,
+so the relation ground truth is all zero (reference §9.2's pitfall) and the relation module
+learns nothing; UPSNet and the heuristic merge do not need it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from panopticlab.data.transforms import masks_to_boxes, resize
+from panopticlab.models.sognet.labels import LabelSpace
+from panopticlab.models.sognet.relation import relation_ground_truth
+
+IGNORE_LABEL = 255
+#: torchvision's ImageNet normalisation, on 0..255 RGB
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+Item = dict[str, Any]
+
+
+def input_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
+    """The network's input size for an image: short side ``min_size`` unless the long side
+    would then exceed ``max_size`` (torchvision's rule; sizes rounded to the nearest pixel)."""
+    scale = min(min_size / min(height, width), max_size / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def resize_image(image: Tensor, size: tuple[int, int]) -> Tensor:
+    """float [3, H, W] -> float [3, h, w], bilinear with antialiasing (as the training resize)."""
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+
+
+def pad_to(tensor: Tensor, height: int, width: int, value: float) -> Tensor:
+    """Pad the last two dimensions at the bottom and right to ``height`` x ``width``."""
+    return F.pad(tensor, (0, width - tensor.shape[-1], 0, height - tensor.shape[-2]), value=value)
+
+
+def padded_size(sizes: list[tuple[int, int]], divisibility: int) -> tuple[int, int]:
+    """The batch canvas: the largest height and width, rounded up to ``divisibility``."""
+    height = max(h for h, _ in sizes)
+    width = max(w for _, w in sizes)
+    return -(-height // divisibility) * divisibility, -(-width // divisibility) * divisibility
+
+
+class PrepareTrainingItem:
+    """``item -> item`` resized to the input size, with ``item["sognet"]`` (see the module docstring).
+
+    Picklable, so it runs in data-loader workers (the model's ``data_transform``).
+
+    Args:
+        labels: the label spaces of the model's categories.
+        category_ids: dataset category id -> contiguous id.
+        min_size, max_size: the input sizing rule (:func:`input_size`).
+        overlap_threshold: the relation ground truth's overlap fraction.
+    """
+
+    def __init__(self, labels: LabelSpace, category_ids: dict[int, int], min_size: int, max_size: int, overlap_threshold: float):
+        self.labels = labels
+        self.category_ids = category_ids
+        self.min_size, self.max_size = min_size, max_size
+        self.overlap_threshold = overlap_threshold
+
+    def __call__(self, item: Item) -> Item:
+        height, width = item["image"].shape[-2:]
+        size = input_size(height, width, self.min_size, self.max_size)
+        if size != (height, width):
+            item = resize(item, size)
+        item = dict(item)
+        item["sognet"] = training_targets(item, self.labels, self.category_ids, self.overlap_threshold)
+        return item
+
+
+def training_targets(item: Item, labels: LabelSpace, category_ids: dict[int, int], overlap_threshold: float) -> dict[str, Any]:
+    """The targets of one item at its own resolution (see the module docstring)."""
+    panoptic = item["panoptic"]
+    id_map = torch.from_numpy(np.ascontiguousarray(panoptic.id_map))
+    segment_labels = {s.id: category_ids[s.category_id] for s in panoptic.segments}
+    semantic = _semantic_target(id_map, segment_labels)
+
+    thing_set = set(labels.things)
+    visible = {s.id for s in panoptic.segments if not s.iscrowd and segment_labels[s.id] in thing_set}
+    if "instances" in item:
+        instances = item["instances"]
+        masks, contiguous = instances["masks"], instances["labels"]
+        segment_ids = instances["panoptic_segment_ids"]
+        keep, seen = [], set()
+        for k in range(len(contiguous)):
+            segment = int(segment_ids[k])
+            usable = (
+                not bool(instances["iscrowd"][k])
+                and int(contiguous[k]) in thing_set
+                and segment in visible
+                and segment_labels[segment] == int(contiguous[k])
+                and segment not in seen  # one instance per visible segment
+                and bool(masks[k].any())
+            )
+            if usable:
+                keep.append(k)
+                seen.add(segment)
+        keep_t = torch.tensor(keep, dtype=torch.int64)
+        masks, contiguous, segment_ids = masks[keep_t], contiguous[keep_t], segment_ids[keep_t]
+    else:
+        ids = sorted(visible)
+        segment_ids = torch.tensor(ids, dtype=torch.int64)
+        contiguous = torch.tensor([segment_labels[i] for i in ids], dtype=torch.int64)
+        masks = id_map[None] == segment_ids[:, None, None].to(id_map.dtype)
+    masks = masks.bool()
+    return {
+        "semantic": semantic,
+        "id_map": id_map,
+        "segment_labels": segment_labels,
+        "boxes": masks_to_boxes(masks),
+        "labels": labels.thing_index(contiguous),
+        "masks": masks,
+        "segment_ids": segment_ids.to(torch.int64),
+        "relation": relation_ground_truth(masks, overlap_threshold),
+    }
+
+
+def _semantic_target(id_map: Tensor, segment_labels: dict[int, int]) -> Tensor:
+    """uint8 [H, W]: each pixel's contiguous category, 255 on VOID (crowd regions keep their class)."""
+    ids, inverse = torch.unique(id_map.to(torch.int64), return_inverse=True)
+    table = torch.tensor([segment_labels.get(int(i), IGNORE_LABEL) for i in ids.tolist()], dtype=torch.uint8)
+    return table[inverse]
+
+
+def stride4_id_map(id_map: Tensor, height: int, width: int) -> Tensor:
+    """The id map padded (VOID) to the batch canvas ``height`` x ``width`` and sampled at the
+    centre of every 4 x 4 cell, where the stride-4 features sit: int64 [height / 4, width / 4]."""
+    padded = pad_to(id_map.to(torch.int64), height, width, 0)
+    return padded[2::4, 2::4]
