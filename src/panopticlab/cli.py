@@ -119,6 +119,58 @@ def _draw_dataset(dataset, out: Path, num: int) -> int:
     return count
 
 
+def _add_prepare(subparsers) -> None:
+    p = subparsers.add_parser(
+        "prepare",
+        help="build the derived files of a COCO or Cityscapes tree (resumable; originals untouched)",
+        description="coco ROOT: ROOT/panopticlab/semantic_<split>/ (contiguous ids, 255 = VOID) and "
+        "ROOT/panopticlab/instances_<split>.json (instances joined to their visible panoptic segments). "
+        "cityscapes ROOT: gtFine/cityscapes_panoptic_<split>.json + PNG folder, as cityscapesscripts' "
+        "createPanopticImgs writes them, and gtFine/<split>/<city>/*_gtFine_labelTrainIds.png. "
+        "Run it again after an interruption to finish. See docs/datasets.md.",
+    )
+    p.add_argument("dataset", choices=["coco", "cityscapes"])
+    p.add_argument("root", type=Path, help="the dataset folder (COCO: holding annotations/; Cityscapes: holding gtFine/)")
+    p.add_argument(
+        "--splits", nargs="+", default=None, help="default: coco train2017 val2017; cityscapes val train test (those present)"
+    )
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--use-train-id", action="store_true", help="cityscapes: categories by trainId (files named *_trainId)")
+    p.add_argument("--overwrite", action="store_true", help="rebuild every output, replacing earlier ones")
+
+
+def _run_prepare(args: argparse.Namespace) -> int:
+    from panopticlab.progress import progress_bar
+
+    if args.workers is not None and args.workers < 1:
+        raise InputError(f"--workers must be at least 1, got {args.workers}")
+    if args.dataset == "coco":
+        from panopticlab.data.prepare import prepare_coco
+
+        if args.use_train_id:
+            raise InputError("--use-train-id applies to cityscapes only")
+        reports = prepare_coco(args.root, args.splits, workers=args.workers, overwrite=args.overwrite, progress=progress_bar)
+        for r in reports:
+            joined = f", {r['matched']} of {r['instances']} instances matched in {r['instances_json']}" if "matched" in r else ""
+            state = "already prepared" if r["skipped"] else f"semantic PNGs in {r['semantic_folder']}{joined}"
+            print(f"{r['split']}: {r['images']} images, {state}")
+    else:
+        from panopticlab.data.cityscapes import prepare_cityscapes
+
+        reports = prepare_cityscapes(
+            args.root,
+            args.splits,
+            use_train_id=args.use_train_id,
+            workers=args.workers,
+            overwrite=args.overwrite,
+            progress=progress_bar,
+        )
+        for r in reports:
+            state = "already prepared" if r["skipped"] else f"wrote {r['json']} and {r['panoptic_folder']}/"
+            print(f"{r['split']}: {r['images']} images, {state}")
+    return 0
+
+
 def _add_demo(subparsers) -> None:
     p = subparsers.add_parser("demo", help="the built-in default: shapes data -> train -> evaluate -> report")
     p.add_argument("--output", type=Path, default=Path("outputs/demo"))
@@ -272,6 +324,7 @@ def _run_predict(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, tuple[Callable, Callable[[argparse.Namespace], int]]] = {
     "synth": (_add_synth, _run_synth),
     "visualize": (_add_visualize, _run_visualize),
+    "prepare": (_add_prepare, _run_prepare),
     "demo": (_add_demo, _run_demo),
     "evaluate": (_add_evaluate, _run_evaluate),
     "convert": (_add_convert, _run_convert),

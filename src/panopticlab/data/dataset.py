@@ -93,14 +93,28 @@ class CocoPanopticDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.image_ids)
 
+    def image_path(self, file_name: str) -> Path:
+        """``image_folder / file_name``, or for a Cityscapes image absent there, its place in
+        ``leftImg8bit/<split>/<city>/``: cityscapesscripts' panoptic JSON names the image
+        ``<city>_<seq>_<frame>_gtFine_leftImg8bit.png``, without the city folder and with a
+        ``_gtFine`` that the image file does not have."""
+        path = self.image_folder / file_name
+        if not path.exists() and file_name.endswith("_leftImg8bit.png"):
+            city_folder = self.image_folder / file_name.split("_")[0]
+            for name in (file_name.replace("_gtFine_leftImg8bit.png", "_leftImg8bit.png"), file_name):
+                if (city_folder / name).exists():
+                    return city_folder / name
+        return path
+
     def __getitem__(self, index: int) -> Item:
         image_id = self.image_ids[index]
         image_entry = self.panoptic.image(image_id)
-        image = read_image(self.image_folder / image_entry["file_name"])
+        image_path = self.image_path(image_entry["file_name"])
+        image = read_image(image_path)
         panoptic = read_panoptic_annotation(self.panoptic, image_id, self.panoptic_folder, strict=self.strict)
         if image.shape[:2] != panoptic.id_map.shape:
             raise InputError(
-                f"{self.image_folder / image_entry['file_name']}: image is {image.shape[1]}x{image.shape[0]} "
+                f"{image_path}: image is {image.shape[1]}x{image.shape[0]} "
                 f"but its panoptic PNG is {panoptic.width}x{panoptic.height}"
             )
         item: Item = {
