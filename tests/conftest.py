@@ -1,7 +1,8 @@
-"""Shared fixtures: the real COCO panoptic sample that lives beside the repository."""
+"""Shared fixtures: the real COCO panoptic sample that lives beside the repository, and helpers."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -27,3 +28,28 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+class InterruptAfter:
+    """A progress factory (``progress(description, total) -> advance``) whose bar raises
+    KeyboardInterrupt once ``n`` items are done: an interrupted long job, for resume tests."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    @contextlib.contextmanager
+    def __call__(self, description: str, total: int):
+        done = [0]
+
+        def advance(k: int = 1) -> None:
+            done[0] += k
+            if done[0] >= self.n:
+                raise KeyboardInterrupt
+
+        yield advance
+
+
+@pytest.fixture
+def interrupt_after() -> type[InterruptAfter]:
+    """``interrupt_after(n)``: see :class:`InterruptAfter`."""
+    return InterruptAfter

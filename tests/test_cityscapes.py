@@ -3,7 +3,6 @@ on a tiny tree in the real layout, loading it, resuming, clear errors, and the i
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import shutil
@@ -184,24 +183,6 @@ def test_prepared_tree_loads_with_images_from_city_folders(prepared):
     assert item["panoptic"].id_map[60, 5] == 0  # ego vehicle is VOID
 
 
-class _InterruptAfter:
-    """A progress factory whose bar raises KeyboardInterrupt after ``n`` images."""
-
-    def __init__(self, n: int):
-        self.n = n
-
-    @contextlib.contextmanager
-    def __call__(self, description: str, total: int):
-        done = [0]
-
-        def advance(k: int = 1) -> None:
-            done[0] += k
-            if done[0] >= self.n:
-                raise KeyboardInterrupt
-
-        yield advance
-
-
 def outputs(root: Path) -> dict[str, object]:
     gt = root / "gtFine"
     files = sorted(gt.glob("cityscapes_panoptic_*/*.png")) + sorted(gt.glob("*/*/*_labelTrainIds.png"))
@@ -211,7 +192,7 @@ def outputs(root: Path) -> dict[str, object]:
     }
 
 
-def test_prepare_resumes_after_an_interruption(tree, tmp_path):
+def test_prepare_resumes_after_an_interruption(tree, tmp_path, interrupt_after):
     clean = tmp_path / "clean"
     shutil.copytree(tree, clean)
     prepare_cityscapes(clean, ["val"], workers=1)
@@ -219,7 +200,7 @@ def test_prepare_resumes_after_an_interruption(tree, tmp_path):
     root = tmp_path / "interrupted"
     shutil.copytree(tree, root)
     with pytest.raises(KeyboardInterrupt):
-        prepare_cityscapes(root, ["val"], workers=1, chunk_size=1, progress=_InterruptAfter(1))
+        prepare_cityscapes(root, ["val"], workers=1, chunk_size=1, progress=interrupt_after(1))
     gt = root / "gtFine"
     assert not (gt / "cityscapes_panoptic_val.json").exists()  # the JSON comes last
     first_png = gt / "cityscapes_panoptic_val" / "aachen_000000_000019_gtFine_panoptic.png"

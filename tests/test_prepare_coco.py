@@ -3,7 +3,6 @@ image of occluded and crowd instances."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import shutil
@@ -177,31 +176,13 @@ def test_occluded_instance_gets_its_visible_part_and_crowd_matches_crowd(tmp_pat
     assert instances["iscrowd"].tolist() == [False, False, False, False, True]
 
 
-class _InterruptAfter:
-    """A progress factory whose bar raises KeyboardInterrupt after ``n`` images."""
-
-    def __init__(self, n: int):
-        self.n = n
-
-    @contextlib.contextmanager
-    def __call__(self, description: str, total: int):
-        done = [0]
-
-        def advance(k: int = 1) -> None:
-            done[0] += k
-            if done[0] >= self.n:
-                raise KeyboardInterrupt
-
-        yield advance
-
-
-def test_prepare_resumes_after_an_interruption(coco_sample, tmp_path):
+def test_prepare_resumes_after_an_interruption(coco_sample, tmp_path, interrupt_after):
     clean = sample_tree(coco_sample, tmp_path / "clean")
     prepare_coco(clean, workers=1)
 
     root = sample_tree(coco_sample, tmp_path / "interrupted")
     with pytest.raises(KeyboardInterrupt):
-        prepare_coco(root, workers=1, chunk_size=1, progress=_InterruptAfter(1))
+        prepare_coco(root, workers=1, chunk_size=1, progress=interrupt_after(1))
     out = root / "panopticlab"
     assert not (out / "instances_val2017.json").exists()  # the JSON comes last
     first = out / "semantic_val2017" / "000000142238.png"
