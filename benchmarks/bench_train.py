@@ -36,7 +36,7 @@ from panopticlab.data.build import build_dataset, model_data_transform
 from panopticlab.data.synthetic import ShapesConfig, generate_split
 from panopticlab.data.transforms import training_transforms
 from panopticlab.engine import train
-from panopticlab.engine.distributed import resolve_device
+from panopticlab.distributed import resolve_device
 from panopticlab.fileio import write_json
 from panopticlab.models import build_model
 

@@ -13,18 +13,12 @@ import torch
 import torchvision
 from torch import nn
 
-from panopticlab.checkpoint import (
-    convert_detectron2,
-    detectron2_key,
-    load_backbone_weights,
-    load_weights,
-    read_detectron2_pickle,
-    read_weights,
-    save_weights,
-)
 from panopticlab.errors import InputError
+from panopticlab.models.backbone_weights import load_backbone_weights
 from panopticlab.models.backbones import build_backbone
+from panopticlab.models.panoptic_deeplab.detectron2 import convert_detectron2, detectron2_key
 from panopticlab.models.panoptic_deeplab.network import build_panoptic_deeplab
+from panopticlab.weights import load_weights, read_detectron2_pickle, read_weights, save_weights
 
 KEYS_DIR = Path(__file__).resolve().parents[2] / "shared" / "reference" / "detectron2_keys"
 DSCONV_KEYS = "keys_r52_dsconv.json"
@@ -67,7 +61,7 @@ def test_detectron2_conversion_round_trip(tmp_path: Path, d2_arrays: dict[str, n
     assert report.num_tensors == len(d2_arrays) == 544 and report.filled == []
 
     model = build_panoptic_deeplab(19)
-    loaded = load_weights(model, tmp_path / "out.safetensors")
+    loaded = load_weights(model, tmp_path / "out.safetensors", prefix="network.")
     assert loaded.missing == [] and loaded.ignored == [] and loaded.loaded == 544
     state = model.state_dict()
     for key, array in d2_arrays.items():
@@ -132,7 +126,7 @@ def test_absent_batch_counters_are_filled_with_zero(tmp_path: Path, d2_arrays: d
     assert len(report.filled) == len(d2_arrays) - len(arrays) == 89
     assert "backbone.stem.bn1.num_batches_tracked" in report.filled
     state, _ = read_weights(tmp_path / "m.safetensors")
-    assert state["backbone.stem.bn1.num_batches_tracked"].item() == 0 and len(state) == 544
+    assert state["network.backbone.stem.bn1.num_batches_tracked"].item() == 0 and len(state) == 544
 
 
 class _Exploit:
@@ -197,6 +191,30 @@ def test_torchvision_resnet_weights_load_into_resnet_backbones(tmp_path: Path) -
     # the 7x7 stem does not fit detectron2's DeepLab stem
     with pytest.raises(InputError, match=r"resnet50.pth: .*stem.conv1.weight: file \(64, 3, 7, 7\)"):
         load_backbone_weights(build_backbone("r52_dc5"), tmp_path / "resnet50.pth")
+
+
+def test_the_same_door_loads_torchvisions_frozen_bn_resnet(tmp_path: Path, d2_arrays: dict[str, np.ndarray]) -> None:
+    """SOGNet's detector body is torchvision's own ResNet with frozen BN (no batch counters)."""
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    classifier = torchvision.models.resnet50(weights=None)
+    torch.save(classifier.state_dict(), tmp_path / "resnet50.pth")
+    body = torchvision.models.resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
+    report = load_backbone_weights(body, tmp_path / "resnet50.pth")
+    assert report.missing == [] and report.ignored == [] and report.loaded == len(body.state_dict()) - 2  # no fc
+    assert torch.equal(body.conv1.weight, classifier.conv1.weight) and torch.equal(body.bn1.running_var, classifier.bn1.running_var)
+    assert torch.equal(body.layer3[5].bn2.weight, classifier.layer3[5].bn2.weight)
+    # detectron2's names reach torchvision's too (its R-50 stem is the 7x7 one: only R52's does not fit)
+    d2_names = {"stem.conv1.weight": classifier.conv1.weight, "stem.conv1.norm.bias": classifier.bn1.bias}
+    d2_names.update({f"res2.0.conv{k}.weight": getattr(classifier.layer1[0], f"conv{k}").weight for k in (1, 2, 3)})
+    pkl = _write_pickle(tmp_path / "R-50-part.pkl", {k: v.detach().numpy() for k, v in d2_names.items()})
+    fresh = torchvision.models.resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
+    report = load_backbone_weights(fresh, pkl, strict=False)
+    assert report.loaded == 5 and torch.equal(fresh.layer1[0].conv2.weight, classifier.layer1[0].conv2.weight)
+    assert torch.equal(fresh.bn1.bias, classifier.bn1.bias)
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, tmp_path / "partial.pth")
+    with pytest.raises(InputError, match=r"partial.pth: does not fit the model: .* missing keys"):
+        load_backbone_weights(fresh, tmp_path / "partial.pth")
 
 
 def test_detectron2_imagenet_pickle_loads_into_r52(tmp_path: Path, d2_arrays: dict[str, np.ndarray]) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from panopticlab.checkpoint import read_weights
+from panopticlab.weights import read_weights
 from panopticlab.config import Config, from_dict
 from panopticlab.data.build import InfiniteSampler, build_dataset, build_train_loader
 from panopticlab.data.synthetic import ShapesConfig, generate_split
@@ -207,8 +207,8 @@ def test_bad_solver_settings_are_input_errors(shapes_root, tmp_path):
 def _ddp_worker(rank: int, world_size: int, init_file: str, config: Config, out: str) -> None:
     import torch.distributed as dist
 
-    from panopticlab.checkpoint import save_weights
-    from panopticlab.engine import distributed
+    from panopticlab.weights import save_weights
+    from panopticlab import distributed
     from panopticlab.engine.trainer import Trainer
 
     torch.set_num_threads(1)

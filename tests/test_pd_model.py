@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 import panopticlab
-from panopticlab.checkpoint import save_weights
+from panopticlab.errors import InputError
+from panopticlab.weights import load_weights, save_weights
 from panopticlab.config import Config, from_dict, load_config
 from panopticlab.data.synthetic import ShapesConfig, generate_sample
 from panopticlab.evaluation import PanopticEvaluator
@@ -145,11 +146,20 @@ def test_a_tiny_model_overfits_a_handful_of_shapes_images():
     assert pq > 0.4, pq  # an untrained model scores about 0
 
 
-def test_weights_of_the_bare_network_load_into_the_model(tmp_path):
-    """What the detectron2 converter writes (network keys without the 'network.' prefix) loads."""
+def test_weights_load_into_the_module_they_name(tmp_path):
+    """A bare network's file loads into ``model.network``, a model's file into the network with its
+    prefix, and a network's file into the whole model is refused, naming the missing keys."""
     model = tiny_model(seed=2).eval()
     save_weights(model.network, tmp_path / "net.safetensors")
-    (tmp_path / "tiny.yaml").write_text(json.dumps({"model": TINY}))
-    loaded = panopticlab.load_model(tmp_path / "tiny.yaml", tmp_path / "net.safetensors")
+    save_weights(model, tmp_path / "model.safetensors")
+    other = tiny_model(seed=3)
+    load_weights(other.network, tmp_path / "net.safetensors")
     for key, value in model.state_dict().items():
-        torch.testing.assert_close(loaded.state_dict()[key], value)
+        torch.testing.assert_close(other.state_dict()[key], value)
+    network = tiny_model(seed=4).network
+    load_weights(network, tmp_path / "model.safetensors", prefix="network.")
+    assert all(torch.equal(network.state_dict()[k], v) for k, v in model.network.state_dict().items())
+    with pytest.raises(InputError, match=r"net.safetensors: does not fit the model: .*missing keys \(network\."):
+        load_weights(tiny_model(), tmp_path / "net.safetensors")
+    with pytest.raises(InputError, match="no keys start with 'head.'"):
+        load_weights(network, tmp_path / "model.safetensors", prefix="head.")

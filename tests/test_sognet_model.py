@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from panopticlab.config import Config, from_dict, load_config
 from panopticlab.data.coco_panoptic import Categories
 from panopticlab.data.synthetic import SHAPES_CATEGORIES, ShapesConfig, generate_sample
-from panopticlab.data.transforms import masks_to_boxes
 from panopticlab.errors import InputError
 from panopticlab.evaluation import PanopticEvaluator
+from panopticlab.masks import masks_to_boxes
 from panopticlab.models import build_model
 from panopticlab.models.sognet import panoptic_target
 from panopticlab.models.sognet.inference import (

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from panopticlab.masks import overlap_graph
 from panopticlab.models.sognet import (
     RelationModule,
     box_support,
@@ -16,7 +17,6 @@ from panopticlab.models.sognet import (
     panoptic_loss,
     panoptic_target,
     paste_mask_logits,
-    relation_ground_truth,
     relation_loss,
     remove_overlaps,
     unknown_logits,
@@ -229,6 +229,6 @@ def test_head_end_to_end_learns_the_direction_from_the_panoptic_loss():
     relation = module(labels, boxes).detach()
     assert relation[0, 1] > 0.2 and relation[1, 0] == 0  # instance 1 (car A) is now in front of 0
     # The symmetric relation loss on its own has no say in the direction: it only fits O + O^T to G.
-    gt = relation_ground_truth(box_support(boxes, 6, 8))
+    gt = overlap_graph(box_support(boxes, 6, 8))
     assert gt[0, 1] == 1
     assert relation_loss(relation, gt).item() == pytest.approx(relation_loss(relation.T, gt).item())

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
+from panopticlab.masks import overlap_graph
 from panopticlab.models.sognet import (
     RelationModule,
     overlapping_order,
-    relation_ground_truth,
     relation_loss,
     relative_box_encoding,
     remove_overlaps,
@@ -145,28 +145,28 @@ def test_relation_and_loss_with_fewer_than_two_instances(n):
 # ---------------------------------------------------------------------------------------
 
 
-def test_relation_ground_truth_threshold_edges():
+def test_overlap_graph_threshold_edges():
     masks = strips([(0, 10), (9, 59), (60, 71), (70, 100), (0, 0)])
     # 0 & 1: 1 pixel of a 10-pixel mask = 0.1 >= 0.1: overlap.
     # 2 & 3: 1 pixel of an 11-pixel mask < 0.1: no overlap. 4 is empty: overlaps nothing.
     expected = torch.zeros(5, 5)
     expected[0, 1] = expected[1, 0] = 1
-    gt = relation_ground_truth(masks)
+    gt = overlap_graph(masks)
     assert gt.dtype == torch.float32
     torch.testing.assert_close(gt, expected)
-    looser = relation_ground_truth(masks, threshold=0.09)
+    looser = overlap_graph(masks, threshold=0.09)
     assert looser[2, 3] == 1 and looser[3, 2] == 1 and looser[4].sum() == 0
 
 
-def test_relation_ground_truth_uses_the_smaller_mask_and_is_symmetric():
+def test_overlap_graph_uses_the_smaller_mask_and_is_symmetric():
     masks = torch.zeros(3, 8, 8, dtype=torch.bool)
     masks[0] = True  # the whole image: contains the other two
     masks[1, 0:2, 0:2] = True  # 4 pixels
     masks[2, 6:8, 6:8] = True  # 4 pixels, far from 1
-    gt = relation_ground_truth(masks)
+    gt = overlap_graph(masks)
     # 4 / min(64, 4) = 1 for (0, 1) and (0, 2), though 4 / 64 < 0.1 of the big one.
     torch.testing.assert_close(gt, torch.tensor([[0.0, 1, 1], [1, 0, 0], [1, 0, 0]]))
-    assert relation_ground_truth(torch.zeros(0, 4, 4, dtype=torch.bool)).shape == (0, 0)
+    assert overlap_graph(torch.zeros(0, 4, 4, dtype=torch.bool)).shape == (0, 0)
 
 
 def test_relation_loss_by_hand():

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from panopticlab.data.transforms import PAD_COLOR, RandomCrop, crop, hflip, masks_to_boxes, pad, resize, training_transforms
+from panopticlab.data.transforms import PAD_COLOR, RandomCrop, crop, hflip, pad, resize, training_transforms
+from panopticlab.masks import masks_to_boxes
 from panopticlab.structures import PanopticResult
 
 

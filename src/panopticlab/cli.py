@@ -202,7 +202,7 @@ def _add_convert(subparsers) -> None:
 
 
 def _run_convert(args: argparse.Namespace) -> int:
-    from panopticlab.checkpoint import convert_detectron2
+    from panopticlab.models.panoptic_deeplab.detectron2 import convert_detectron2
 
     report = convert_detectron2(args.input, args.output, overwrite=args.overwrite)
     print(
@@ -292,8 +292,8 @@ def _add_predict(subparsers) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from panopticlab.checkpoint import load_weights
-    from panopticlab.engine.distributed import resolve_device
+    from panopticlab.weights import load_weights
+    from panopticlab.distributed import resolve_device
     from panopticlab.engine.inference import image_files, predict_files
     from panopticlab.models import build_model
     from panopticlab.progress import progress_bar

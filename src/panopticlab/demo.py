@@ -121,7 +121,7 @@ def summarize_split(split_dir: Path) -> dict[str, Any]:
 
 def draw_predictions(config: Config, weights: Path, out: Path) -> list[Path]:
     """image | ground truth | prediction for the first val images."""
-    from panopticlab.checkpoint import load_weights
+    from panopticlab.weights import load_weights
     from panopticlab.models import build_model
 
     model = build_model(config)

@@ -38,7 +38,6 @@ import functools
 import io
 import os
 import shutil
-import sys
 import tempfile
 import types
 from dataclasses import dataclass
@@ -522,14 +521,8 @@ class CityscapesInstanceAP:
 
     def evaluate(self) -> dict[str, Any]:
         """:func:`cityscapes_instance_ap` over every image added (on every rank)."""
-        dist = getattr(sys.modules.get("torch"), "distributed", None)
-        if dist is None or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            return cityscapes_instance_ap(self.gt_folder, self.predictions)
-        parts: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, self.predictions)
-        result: list[Any] = [None]
-        if dist.get_rank() == 0:
-            merged = {k: v for part in parts for k, v in part.items()}
-            result[0] = cityscapes_instance_ap(self.gt_folder, merged)
-        dist.broadcast_object_list(result, src=0)
-        return result[0]
+        from panopticlab import distributed
+
+        parts = distributed.all_gather(self.predictions)
+        merged = {k: v for part in parts for k, v in part.items()}
+        return distributed.broadcast_from_main(lambda: cityscapes_instance_ap(self.gt_folder, merged))

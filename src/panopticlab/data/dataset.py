@@ -32,9 +32,9 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from panopticlab.data.coco_panoptic import load_panoptic_json, read_panoptic_annotation
-from panopticlab.data.transforms import masks_to_boxes
 from panopticlab.errors import InputError
 from panopticlab.fileio import read_json
+from panopticlab.masks import masks_to_boxes
 
 Item = dict[str, Any]
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 
+from panopticlab.masks import masks_to_boxes
 from panopticlab.structures import PanopticResult, segment_stats
 
 Item = dict[str, Any]
@@ -149,24 +150,3 @@ def _restrict_segments(result: PanopticResult, id_map: np.ndarray) -> PanopticRe
     stats = {seg_id: (area, bbox) for seg_id, area, bbox in segment_stats(id_map)}
     segments = [replace(s, area=stats[s.id][0], bbox=stats[s.id][1]) for s in result.segments if s.id in stats]
     return PanopticResult(np.ascontiguousarray(id_map), segments)
-
-
-def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """Boxes (x0, y0, x1, y1) with x1 = last column + 1 of bool masks [N, H, W]; zeros for empty masks.
-
-    Returns:
-        float32 [N, 4].
-    """
-    boxes = torch.zeros((masks.shape[0], 4), dtype=torch.float32)
-    if masks.numel() == 0:
-        return boxes
-    rows = masks.any(dim=2)  # [N, H]
-    cols = masks.any(dim=1)  # [N, W]
-    present = rows.any(dim=1)
-    h, w = masks.shape[-2:]
-    y0 = rows.float().argmax(dim=1)
-    y1 = h - rows.flip(1).float().argmax(dim=1)
-    x0 = cols.float().argmax(dim=1)
-    x1 = w - cols.flip(1).float().argmax(dim=1)
-    boxes[present] = torch.stack([x0, y0, x1, y1], dim=1).float()[present]
-    return boxes

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from panopticlab.checkpoint import load_weights, read_weights, save_weights
+from panopticlab.weights import load_weights, read_weights, save_weights
 from panopticlab.errors import InputError
 from panopticlab.fileio import atomic_path, read_json, write_json
 

@@ -24,7 +24,7 @@ from panopticlab.config import Config
 from panopticlab.data.build import build_dataset, build_test_loader, check_categories
 from panopticlab.data.coco_panoptic import panoptic_annotation, write_panoptic_json, write_panoptic_png
 from panopticlab.data.dataset import Item, read_image
-from panopticlab.engine import distributed
+from panopticlab import distributed
 from panopticlab.errors import InputError
 from panopticlab.evaluation import OverlapRelationEvaluator, PanopticEvaluator
 from panopticlab.fileio import write_json
@@ -69,7 +69,7 @@ def evaluate(
                 on_prediction(item, prediction)
     results = evaluator.evaluate()
     if overlap is not None:
-        counts = _summed_over_processes(overlap.counts())
+        counts = {key: sum(part[key] for part in distributed.all_gather(overlap.counts())) for key in overlap.counts()}
         if counts["images"] > 0:
             results["overlap"] = overlap.evaluate(counts)
     if cityscapes is not None:
@@ -94,17 +94,6 @@ def _add_overlap_relations(evaluator: OverlapRelationEvaluator, model: nn.Module
         segment_ids = instances["panoptic_segment_ids"][keep][:, None, None]
         id_map = torch.from_numpy(item["panoptic"].id_map).to(torch.int64)
         evaluator.add_masks(relation, masks, visible_masks=(id_map[None] == segment_ids) & (segment_ids != 0))
-
-
-def _summed_over_processes(counts: dict[str, int]) -> dict[str, int]:
-    """Integer counts summed over the processes of torch.distributed (unchanged without it)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return counts
-    parts: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, counts)
-    return {key: sum(part[key] for part in parts) for key in counts}
 
 
 def summarize(results: dict[str, Any]) -> dict[str, float]:
@@ -144,7 +133,7 @@ def test(
     Returns:
         the evaluator's results with ``summary`` added (see :func:`evaluate`).
     """
-    from panopticlab.checkpoint import load_weights
+    from panopticlab.weights import load_weights
     from panopticlab.evaluation.report import print_results, to_jsonable
     from panopticlab.models import build_model
 
@@ -170,7 +159,7 @@ def test(
             annotations.append(panoptic_annotation(item["image_id"], png_name, prediction))
 
         results = evaluate(model, loader, config, on_prediction=write_prediction)
-        annotations = distributed.gather_lists(annotations, process)
+        annotations = [a for part in distributed.all_gather(annotations) for a in part]
         if process.is_main:
             order = {image_id: k for k, image_id in enumerate(dataset.image_ids)}
             annotations.sort(key=lambda a: order[a["image_id"]])

@@ -27,7 +27,7 @@ import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from panopticlab.checkpoint import save_weights
+from panopticlab.weights import save_weights
 from panopticlab.config import Config, save_config, to_dict
 from panopticlab.data.build import (
     build_dataset,
@@ -37,7 +37,7 @@ from panopticlab.data.build import (
     has_split,
     model_data_transform,
 )
-from panopticlab.engine import distributed
+from panopticlab import distributed
 from panopticlab.engine.checkpointing import POINTER, last_checkpoint, load_checkpoint, save_checkpoint
 from panopticlab.engine.inference import evaluate
 from panopticlab.engine.logging import MetricsWriter, format_record, training_progress

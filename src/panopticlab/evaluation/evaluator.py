@@ -13,11 +13,11 @@ counts and sums them (every rank gets the full result). Outside a process group,
 from __future__ import annotations
 
 import math
-import sys
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from panopticlab import distributed
 from panopticlab.errors import InputError
 from panopticlab.evaluation.categories import CategoryTable, as_categories
 from panopticlab.evaluation.instance import InstanceAP, InstanceData, encode_id_map, encode_mask
@@ -260,13 +260,9 @@ class PanopticEvaluator:
 
     def _gathered(self) -> "PanopticEvaluator":
         """This evaluator, or under torch.distributed a new one holding every rank's sum."""
-        # A process group needs torch imported; checking sys.modules spares the file-based path
-        # a torch import (seconds) when nobody uses it.
-        dist = getattr(sys.modules.get("torch"), "distributed", None)
-        if dist is None or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        states = distributed.all_gather(self.state_dict())
+        if len(states) == 1:
             return self
-        states: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(states, self.state_dict())
         total = PanopticEvaluator(self.categories, compute_ap=self.compute_ap, check_gt=self.check_gt)
         for state in states:  # rank order, so every rank gets the same floats
             total.merge(state)

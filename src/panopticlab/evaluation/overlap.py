@@ -8,7 +8,7 @@ ground-truth instances of an image is scored:
 **Overlap detection.** The pair is *predicted* to overlap when ``O_ij + O_ji > 0.5`` (the
 quantity SOGNet's relation loss fits to the overlap ground truth). It *does* overlap when the
 amodal (full) masks of i and j share at least 10 % of the smaller one
-(:func:`~panopticlab.models.sognet.relation.relation_ground_truth`). Over all images::
+(:func:`panopticlab.masks.overlap_graph`). Over all images::
 
     precision = TP / predicted pairs        recall = TP / ground-truth pairs
     F1 = 2 TP / (predicted pairs + ground-truth pairs)
@@ -39,6 +39,8 @@ from collections.abc import Mapping
 
 import torch
 from torch import Tensor
+
+from panopticlab.masks import overlap_graph
 
 #: ``O_ij + O_ji`` above this means "predicted to overlap".
 OVERLAP_THRESHOLD = 0.5
@@ -101,7 +103,7 @@ class OverlapRelationEvaluator:
 
         Args:
             relation: float [N, N], the predicted O on the ground-truth instances.
-            gt_overlap: [N, N], nonzero where the pair overlaps (e.g. ``relation_ground_truth``).
+            gt_overlap: [N, N], nonzero where the pair overlaps (e.g. :func:`~panopticlab.masks.overlap_graph`).
             gt_front: bool [N, N], ``[i, j]`` True when j is in front of i.
         """
         n = relation.shape[0]
@@ -146,15 +148,13 @@ class OverlapRelationEvaluator:
             visible_masks: bool [N, H, W].
             threshold: overlap fraction of the smaller mask.
         """
-        from panopticlab.models.sognet.relation import relation_ground_truth
-
         if depth is not None:
             front = front_from_depth(depth)
         elif visible_masks is not None:
             front = front_from_visible(amodal_masks, visible_masks)
         else:
             raise ValueError("add_masks needs depth or visible_masks to know which instance is in front")
-        self.add(relation, relation_ground_truth(amodal_masks, threshold), front)
+        self.add(relation, overlap_graph(amodal_masks, threshold), front)
 
     def counts(self) -> dict[str, int]:
         """The integer counts so far (sum them over processes, then pass to :meth:`evaluate`)."""

@@ -36,7 +36,7 @@ def load_model(
 
     The model is returned in eval mode, ready for ``model.predict(images)``.
     """
-    from panopticlab.checkpoint import load_weights
+    from panopticlab.weights import load_weights
     from panopticlab.config import Config, load_config
 
     model = build_model(load_config(Config, config_path, overrides))

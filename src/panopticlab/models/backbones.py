@@ -7,7 +7,7 @@ Names follow detectron2: ``resN`` has stride ``2**N`` (res5 is stride 16 when di
 * ``"resnet50"``, ``"resnet101"``: torchvision ResNets (7x7 stem), output stride 16 or 32.
 * ``"timm:<name>"``: any timm model through ``features_only`` (Xception-65 ``timm:xception65``,
   HRNet-W48 ``timm:hrnet_w48``, MobileNetV3-Large ``timm:mobilenetv3_large_100``...). No weights
-  are downloaded: load them from a file with :func:`panopticlab.checkpoint.load_backbone_weights`.
+  are downloaded: load them from a file with :func:`panopticlab.models.backbone_weights.load_backbone_weights`.
 
 Every backbone has ``feature_channels`` and ``feature_strides`` dicts for the features it returns.
 ResNet modules keep torchvision's names (``layer1``.. ``layer4``, ``bn1``, ``downsample``) under

@@ -27,7 +27,6 @@ from panopticlab.models.sognet.panoptic_head import (
 from panopticlab.models.sognet.relation import (
     RelationModule,
     overlapping_order,
-    relation_ground_truth,
     relation_loss,
     relative_box_encoding,
 )
@@ -44,7 +43,6 @@ __all__ = [
     "panoptic_loss",
     "panoptic_target",
     "paste_mask_logits",
-    "relation_ground_truth",
     "relation_loss",
     "relative_box_encoding",
     "remove_overlaps",

@@ -36,7 +36,8 @@ from torchvision.ops import boxes as box_ops
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from panopticlab.errors import InputError
+from panopticlab.models.backbone_weights import load_backbone_weights
+from panopticlab.models.backbones import TimmBackbone
 from panopticlab.models.sognet.config import SOGNetConfig
 
 #: the FPN levels the RoI heads and the semantic head read (P2..P5)
@@ -75,8 +76,6 @@ class TimmFPN(nn.Module):
 
     def __init__(self, model_name: str, out_channels: int):
         super().__init__()
-        from panopticlab.models.backbones import TimmBackbone
-
         self.body = TimmBackbone(model_name, output_stride=32, out_features=("res2", "res3", "res4", "res5"))
         strides = [self.body.feature_strides[f"res{k}"] for k in range(2, 6)]
         if strides != [4, 8, 16, 32]:
@@ -96,8 +95,6 @@ def build_backbone_fpn(config: SOGNetConfig) -> nn.Module:
     if name.startswith("timm:"):
         model = TimmFPN(name[len("timm:") :], config.fpn_channels)
         if config.backbone_weights:
-            from panopticlab.checkpoint import load_backbone_weights
-
             load_backbone_weights(model.body, config.backbone_weights)
         c5_channels = model.body.feature_channels["res5"]
         fpn = model.fpn
@@ -105,7 +102,7 @@ def build_backbone_fpn(config: SOGNetConfig) -> nn.Module:
         norm = FrozenBatchNorm2d if config.backbone_norm == "frozen_bn" else nn.BatchNorm2d
         body = getattr(torchvision.models, name)(weights=None, norm_layer=norm)
         if config.backbone_weights:
-            _load_resnet_weights(body, config.backbone_weights)
+            load_backbone_weights(body, config.backbone_weights)
         _freeze_resnet(body, config.trainable_layers)
         model = BackboneWithFPN(
             body,
@@ -129,18 +126,6 @@ def _freeze_resnet(body: nn.Module, trainable_layers: int) -> None:
     for name, parameter in body.named_parameters():
         if not any(name.startswith(prefix) for prefix in trained):
             parameter.requires_grad_(False)
-
-
-def _load_resnet_weights(body: nn.Module, path: str) -> None:
-    """A torchvision ResNet ImageNet state dict (``fc`` ignored) into ``body``."""
-    from panopticlab.checkpoint import read_state_dict
-
-    state = {k: v for k, v in read_state_dict(path).items() if not k.startswith("fc.")}
-    missing, unexpected = body.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("fc.")]
-    if missing or unexpected:
-        problem = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
-        raise InputError(f"{path}: not a torchvision ResNet state dict ({problem})")
 
 
 class Detector(nn.Module):

@@ -34,6 +34,7 @@ from torchvision.models.detection.image_list import ImageList
 
 from panopticlab.data.coco_panoptic import Categories
 from panopticlab.errors import InputError
+from panopticlab.masks import overlap_graph
 from panopticlab.models.panoptic_deeplab.model import ImageInput, as_image_tensors
 from panopticlab.models.sognet.config import SOGNetConfig, check_sognet_config
 from panopticlab.models.sognet.detector import (
@@ -68,7 +69,6 @@ from panopticlab.models.sognet.panoptic_head import (
 from panopticlab.models.sognet.relation import (
     RelationModule,
     overlapping_order,
-    relation_ground_truth,
     relation_loss,
 )
 from panopticlab.models.sognet.semantic_head import (
@@ -327,7 +327,7 @@ class SOGNet(nn.Module):
             masks, labels, contiguous, scores = masks[keep], labels[keep], contiguous[keep], scores[keep]
             boxes, input_boxes, appearance = boxes[keep], input_boxes[keep], appearance[0][keep]
             if self.relation is not None:
-                overlap = relation_ground_truth(masks > 0, c.relation_overlap_threshold)
+                overlap = overlap_graph(masks > 0, c.relation_overlap_threshold)
                 masks, _ = self._resolve(
                     masks, labels, input_boxes, appearance, overlap, pairwise=c.relation_inference == "pairwise"
                 )

@@ -11,7 +11,8 @@ from the two classes and the two boxes (and optionally appearance features) and 
 there is no message passing, so a sub-matrix of O equals O computed for that subset.
 
 Supervision: ``G_ij = 1`` where the amodal (full, overlapping) masks of i and j overlap by at
-least 10 % of the smaller one, and the loss is ``MSE(O + O^T, G)``. G says *that* two
+least 10 % of the smaller one (:func:`panopticlab.masks.overlap_graph`), and the loss is
+``MSE(O + O^T, G)``. G says *that* two
 instances overlap, not which one is in front; the direction is learned through the
 panoptic loss only.
 """
@@ -133,34 +134,12 @@ def relative_box_encoding(boxes: Tensor) -> Tensor:
     )
 
 
-def relation_ground_truth(amodal_masks: Tensor, threshold: float = 0.1) -> Tensor:
-    """Which instances overlap: ``G_ij = 1`` where ``|M_i & M_j| / min(|M_i|, |M_j|) >= threshold``.
-
-    Args:
-        amodal_masks: bool [N, H, W], the full (overlapping) instance masks.
-        threshold: the overlap fraction of the smaller mask (0.1 in SOGNet).
-
-    Returns:
-        float32 [N, N], symmetric, zero diagonal. An empty mask overlaps nothing.
-    """
-    flat = amodal_masks.flatten(1)
-    # Pixel counts are exact in float32 up to 2**24 pixels; beyond that count in float64.
-    dtype = torch.float32 if flat.shape[1] <= 2**24 else torch.float64
-    flat = flat.to(dtype)
-    intersection = (flat @ flat.T).double()  # [N, N]
-    area = intersection.diagonal()
-    smaller = torch.minimum(area[:, None], area[None, :])
-    overlap = (smaller > 0) & (intersection / smaller.clamp(min=1) >= threshold)
-    overlap.fill_diagonal_(False)
-    return overlap.float()
-
-
 def relation_loss(relation: Tensor, ground_truth: Tensor) -> Tensor:
     """``MSE(O + O^T, G)``, the mean over all N x N entries.
 
     Args:
         relation: float [N, N], the module's O.
-        ground_truth: [N, N], G from :func:`relation_ground_truth`.
+        ground_truth: [N, N], G from :func:`~panopticlab.masks.overlap_graph`.
 
     Returns:
         float scalar; a zero still connected to ``relation`` when N < 2 (nothing to relate).
@@ -177,7 +156,7 @@ def overlapping_order(ground_truth: Tensor) -> Tensor:
     (the others pass unchanged); ties keep index order.
 
     Args:
-        ground_truth: [N, N], G from :func:`relation_ground_truth`.
+        ground_truth: [N, N], G from :func:`~panopticlab.masks.overlap_graph`.
 
     Returns:
         int64 [M], indices into the N instances.

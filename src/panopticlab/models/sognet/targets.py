@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from panopticlab.data.transforms import masks_to_boxes, resize
+from panopticlab.data.transforms import resize
+from panopticlab.masks import masks_to_boxes, overlap_graph
 from panopticlab.models.sognet.labels import LabelSpace
-from panopticlab.models.sognet.relation import relation_ground_truth
 
 IGNORE_LABEL = 255
 #: torchvision's ImageNet normalisation, on 0..255 RGB
@@ -140,7 +140,7 @@ def training_targets(item: Item, labels: LabelSpace, category_ids: dict[int, int
         "labels": labels.thing_index(contiguous),
         "masks": masks,
         "segment_ids": segment_ids.to(torch.int64),
-        "relation": relation_ground_truth(masks, overlap_threshold),
+        "relation": overlap_graph(masks, overlap_threshold),
     }
 
 

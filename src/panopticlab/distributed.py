@@ -1,15 +1,19 @@
-"""One process of a (possibly single-process) run: rank, world size, device.
+"""Everything torch.distributed: joining a run's processes, and sharing results between them.
 
 ``torchrun --nproc-per-node N -m panopticlab train ...`` sets ``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK`` and the rendezvous variables; :func:`setup` then joins the process group
 (NCCL on GPUs, gloo on CPUs). Multi-node runs use torchrun's ``--nnodes`` / ``--rdzv-*``
 options and need nothing else here. A process group created by the caller is used as is.
+
+The evaluators gather through :func:`all_gather` and :func:`broadcast_from_main`, which work
+with or without a process group (one process: the object itself), so no caller tests for one.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -93,10 +97,24 @@ def any_process(flag: bool, process: Process) -> bool:
     return bool(value.item())
 
 
-def gather_lists(items: list, process: Process) -> list:
-    """Every process's list concatenated in rank order (on every process)."""
-    if not process.distributed:
-        return list(items)
-    parts: list = [None] * process.world_size
-    dist.all_gather_object(parts, items)
-    return [x for part in parts for x in part]
+def _group_size() -> int:
+    """The number of processes of the current group (1 without one)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def all_gather(obj: Any) -> list[Any]:
+    """Every process's ``obj`` (picklable), in rank order, on every process: ``[obj]`` without a group."""
+    if _group_size() == 1:
+        return [obj]
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, obj)
+    return parts
+
+
+def broadcast_from_main(compute: Callable[[], Any]) -> Any:
+    """``compute()`` run on rank 0 only, its (picklable) result handed to every process."""
+    if _group_size() == 1:
+        return compute()
+    result: list[Any] = [compute() if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(result, src=0)
+    return result[0]
