@@ -1,7 +1,7 @@
 """Panoptic-DeepLab post-processing: panopticlab's version against a plain version of detectron2's.
 
 Both implementations of ``get_panoptic_segmentation`` (``postprocess.py`` and the oracle
-``postprocess_reference.py``, which follows detectron2's algorithm and memory behaviour) run on
+``tests/oracles/postprocess_reference.py``, which follows detectron2's algorithm and memory behaviour) run on
 the same synthetic but realistic inputs at 512x1024 and 1024x2048 with about 30 and 200 centres,
 on 2 CPU threads. The script asserts identical outputs and reports time, peak extra memory and
 the speed-up.
@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test oracles
 
 THING_IDS = list(range(11, 19))  # Cityscapes contiguous ids of the 8 thing classes
 NUM_CLASSES = 19
@@ -101,9 +103,7 @@ def run_one(mode: str, impl: str, height: int, width: int, num_centers: int, rep
     """
     torch.set_num_threads(2)
     if impl == "reference":
-        from panopticlab.models.panoptic_deeplab.postprocess_reference import (
-            get_panoptic_segmentation_reference as fn,
-        )
+        from oracles.postprocess_reference import get_panoptic_segmentation_reference as fn
     else:
         from panopticlab.models.panoptic_deeplab.postprocess import (
             get_panoptic_segmentation as fn,

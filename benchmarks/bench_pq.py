@@ -1,6 +1,6 @@
 """Panoptic quality speed: panopticlab against panopticapi's algorithm and hotcoco, in one run.
 
-Data: seeded synthetic COCO-panoptic pairs (``panopticlab.evaluation.synthetic``; default 200
+Data: seeded synthetic COCO-panoptic pairs (``tests/oracles/synthetic_pairs.py``; default 200
 images of 512x1024, ~20 segments each, VOID and crowd included), generated once under
 ``--data``. Every evaluator runs in this process on one core (hotcoco with one thread). The
 table gives ms per image from the median CPU time of ``--repeats`` runs (robust to other load
@@ -36,7 +36,8 @@ from panopticlab.evaluation import (  # noqa: E402
     panoptic_files,  # noqa: E402
     pq_compute,
 )
-from panopticlab.evaluation.synthetic import write_dataset  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test oracles
+from oracles.synthetic_pairs import write_dataset  # noqa: E402
 from panopticlab.fileio import write_json  # noqa: E402
 
 TOLERANCE = 1e-12

@@ -47,10 +47,13 @@ from pathlib import Path
 
 import torch
 
-from panopticlab.fileio import write_json
-from panopticlab.models.sognet import remove_overlaps, remove_overlaps_naive
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # the test oracles
+
+from oracles.overlap_removal_naive import remove_overlaps_naive  # noqa: E402
+
+from panopticlab.fileio import write_json  # noqa: E402
+from panopticlab.models.sognet import remove_overlaps  # noqa: E402
 IMPLEMENTATIONS = {"factorised": remove_overlaps, "naive": remove_overlaps_naive}
 #: measured peak extra memory of the naive form, in units of one [N, N, H, W] float32 tensor
 NAIVE_MEMORY_FACTOR = {"forward": 2.2, "train": 3.4}

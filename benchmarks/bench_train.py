@@ -8,7 +8,7 @@ Cases (each in fp32 and with bf16 autocast; ``--device cuda`` also fp16 with its
   images of 512x1024 stand in for Cityscapes, so the classifier has the shapes classes).
 
 ``ours`` is :func:`panopticlab.engine.train` itself (loader workers, the model's data
-transform when it has one, logging, the per-step bookkeeping), timed from its per-iteration
+transform, logging, the per-step bookkeeping), timed from its per-iteration
 records after ``--warmup`` iterations. The peer, run side by side: the plain PyTorch loop a
 user would write first (augmentation and targets in the main process, ``model(items)``,
 backward, Adam step), same model, data, batch and precision. Reported: images/s of both,
@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from panopticlab.config import Config, from_dict, load_config, to_dict
-from panopticlab.data.build import build_dataset, model_data_transform
+from panopticlab.data.build import build_dataset
 from panopticlab.data.synthetic import ShapesConfig, generate_split
 from panopticlab.data.transforms import training_transforms
 from panopticlab.engine import train
@@ -75,7 +75,7 @@ def run_ours(config: Config, output_dir: Path, warmup: int, iters: int) -> dict[
     """images/s and data-wait share of ``train`` over the iterations after ``warmup``."""
     config.solver.max_iter = warmup + iters
     config.output_dir = str(output_dir)
-    train(config, overwrite=True, progress=False, quiet=True)
+    train(config, overwrite=True, progress=False)
     records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()][warmup:]
     step_time = sum(r["time_per_iter"] for r in records)
     data_time = sum(r["time_per_iter"] * r["data_wait_share"] for r in records)
@@ -90,7 +90,8 @@ def run_plain(config: Config, warmup: int, iters: int) -> dict[str, float]:
     if config.solver.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    dataset = build_dataset(config, "train")
+    dataset = build_dataset(config, "train", instances=model.uses_instances)
+    make_targets = model.data_transform()
     i = config.input
     augment = training_transforms(tuple(i.crop_size), i.min_scale, i.max_scale, i.flip)
     batch_size = config.solver.batch_size
@@ -99,7 +100,7 @@ def run_plain(config: Config, warmup: int, iters: int) -> dict[str, float]:
     times = []
     for step in range(warmup + iters):
         start = time.perf_counter()
-        items = [augment(dataset[(step * batch_size + k) % len(dataset)]) for k in range(batch_size)]
+        items = [make_targets(augment(dataset[(step * batch_size + k) % len(dataset)])) for k in range(batch_size)]
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             loss = sum(model(items).values())
         optimizer.zero_grad()
@@ -173,7 +174,7 @@ def main() -> None:
         "warmup": args.warmup,
         "channels_last": args.channels_last,
         "compile": args.compile,
-        "targets_in_workers": model_data_transform(probe) is not None,
+        "reads_instances": probe.uses_instances,
         "shapes_config": str(SHAPES_CONFIG),
         "command": " ".join(sys.argv),
         "rows": rows,

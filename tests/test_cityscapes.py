@@ -16,16 +16,11 @@ from panopticlab.config import Config, DataConfig, SplitConfig
 from panopticlab.config import TestConfig as EvalConfig
 from panopticlab.data.build import build_test_loader
 from panopticlab.data.categories import load_categories
-from panopticlab.data.cityscapes import (
-    INSTANCE_LABELS,
-    LABELS,
-    CityscapesInstanceAP,
-    cityscapes_instance_ap,
-    prepare_cityscapes,
-)
+from panopticlab.data.cityscapes import INSTANCE_LABELS, LABELS, prepare_cityscapes
 from panopticlab.data.dataset import CocoPanopticDataset
 from panopticlab.engine.inference import evaluate
 from panopticlab.errors import InputError
+from panopticlab.evaluation.cityscapes_instance import CityscapesInstanceEvaluator, cityscapes_instance_ap
 from panopticlab.structures import PanopticResult
 
 cs_labels = pytest.importorskip("cityscapesscripts.helpers.labels")
@@ -274,10 +269,10 @@ def test_collector_scores_panoptic_results(prepared):
     dataset = CocoPanopticDataset(
         prepared / "leftImg8bit" / "val", gt / "cityscapes_panoptic_val.json", gt / "cityscapes_panoptic_val"
     )
-    collector = CityscapesInstanceAP(gt / "val")
-    for item in dataset:
-        collector.add(item["image_id"], _with_scores(item["panoptic"]))
-    assert collector.evaluate()["AP"] == 1.0
+    collector = CityscapesInstanceEvaluator(gt / "val")
+    items = list(dataset)
+    collector.process(items, [_with_scores(item["panoptic"]) for item in items])
+    assert collector.evaluate()["cityscapes_instance"]["AP"] == 1.0
 
 
 class _GroundTruthModel:
@@ -287,8 +282,11 @@ class _GroundTruthModel:
         self.categories = load_categories("cityscapes")
         self.answers = iter([_with_scores(item["panoptic"]) for item in dataset])
 
-    def predict(self, images, tta_scales=(1.0,), tta_flip=False):
+    def predict(self, images):
         return [next(self.answers) for _ in images]
+
+    def evaluators(self):
+        return []
 
 
 def test_evaluate_reports_pq_miou_and_cityscapes_ap(prepared):

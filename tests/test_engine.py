@@ -128,7 +128,7 @@ def test_a_few_steps_reduce_the_loss(shapes_root, tmp_path):
         input={"crop_size": [64, 64], "min_scale": 1.0, "max_scale": 1.0, "flip": False},
         solver={"max_iter": 12, "warmup_iters": 0, "base_lr": 0.003, "lr_scheduler": "step"},
     )
-    result = train(config, quiet=True)
+    result = train(config)
     losses = [r["loss"] for r in records(tmp_path)]
     assert len(losses) == 12 and result["iteration"] == 12
     assert sum(losses[-3:]) < 0.7 * sum(losses[:3])
@@ -138,19 +138,19 @@ def test_a_few_steps_reduce_the_loss(shapes_root, tmp_path):
 
 def test_an_interrupted_run_resumed_ends_with_the_same_weights(shapes_root, tmp_path):
     straight, broken = tmp_path / "straight", tmp_path / "broken"
-    train(tiny_config(shapes_root, straight), quiet=True)
+    train(tiny_config(shapes_root, straight))
 
     def crash(record: dict) -> None:
         if record["iteration"] == 5:  # after the checkpoint of iteration 3
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_config(shapes_root, broken), quiet=True, on_log=crash)
+        train(tiny_config(shapes_root, broken), on_log=crash)
     assert (broken / "last_checkpoint").read_text().strip() == "checkpoint_0000003"
     with pytest.raises(InputError, match="--resume"):
-        train(tiny_config(shapes_root, broken), quiet=True)
+        train(tiny_config(shapes_root, broken))
     # resumed with a worker process: the data stream must not depend on that either
-    result = train(tiny_config(shapes_root, broken, data={"num_workers": 1}), resume=True, quiet=True)
+    result = train(tiny_config(shapes_root, broken, data={"num_workers": 1}), resume=True)
 
     assert result["iteration"] == 6
     a, _ = read_weights(straight / "model_final.safetensors")
@@ -162,7 +162,7 @@ def test_an_interrupted_run_resumed_ends_with_the_same_weights(shapes_root, tmp_
 
 def test_a_time_budget_stops_cleanly_with_weights_and_a_checkpoint(shapes_root, tmp_path):
     config = tiny_config(shapes_root, tmp_path, solver={"max_iter": 1000, "checkpoint_period": 500}, test={"eval_period": 500})
-    result = train(config, max_minutes=1e-9, quiet=True)
+    result = train(config, max_minutes=1e-9)
     assert result["stopped_early"] and result["iteration"] == 1
     assert (tmp_path / "last_checkpoint").read_text().strip() == "checkpoint_0000001"
     assert (tmp_path / "model_final.safetensors").is_file()
@@ -180,9 +180,9 @@ def test_fit_max_iter_ends_the_schedule_within_the_budget():
 def test_a_generous_budget_leaves_a_fitted_schedule_unchanged(shapes_root, tmp_path):
     """Fitting after 20 steps with time to spare keeps max_iter, so the run is the unfitted one."""
     solver = {"max_iter": 24, "checkpoint_period": 100}
-    plain = train(tiny_config(shapes_root, tmp_path / "plain", solver=solver), quiet=True)
+    plain = train(tiny_config(shapes_root, tmp_path / "plain", solver=solver))
     fitted_config = tiny_config(shapes_root, tmp_path / "fitted", solver={**solver, "fit_schedule_to_budget": True})
-    fitted = train(fitted_config, max_minutes=10_000, quiet=True)
+    fitted = train(fitted_config, max_minutes=10_000)
     assert fitted["iteration"] == plain["iteration"] == 24
     assert [r.get("lr") for r in records(tmp_path / "fitted")] == [r.get("lr") for r in records(tmp_path / "plain")]
 
@@ -190,15 +190,15 @@ def test_a_generous_budget_leaves_a_fitted_schedule_unchanged(shapes_root, tmp_p
 def test_tensorboard_scalars_are_written(shapes_root, tmp_path):
     pytest.importorskip("tensorboard")
     config = tiny_config(shapes_root, tmp_path, solver={"max_iter": 1, "tensorboard": True})
-    train(config, quiet=True)
+    train(config)
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_bad_solver_settings_are_input_errors(shapes_root, tmp_path):
     with pytest.raises(InputError, match="fp16 needs a GPU"):
-        train(tiny_config(shapes_root, tmp_path, solver={"amp": "fp16"}), quiet=True)
+        train(tiny_config(shapes_root, tmp_path, solver={"amp": "fp16"}))
     with pytest.raises(InputError, match="data.train is not configured"):
-        train(tiny_config(shapes_root, tmp_path, data={"test": {"folder": ""}, "train": {"folder": ""}}), quiet=True)
+        train(tiny_config(shapes_root, tmp_path, data={"test": {"folder": ""}, "train": {"folder": ""}}))
 
 
 # --- two processes, gloo -------------------------------------------------------------------------
@@ -215,7 +215,7 @@ def _ddp_worker(rank: int, world_size: int, init_file: str, config: Config, out:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
         process = distributed.setup("cpu")
-        trainer = Trainer(config, process, quiet=True)
+        trainer = Trainer(config, process)
         trainer.run(progress=False)
         save_weights({k: p.detach() for k, p in trainer.model.named_parameters()}, Path(out) / f"rank{rank}.safetensors")
     finally:

@@ -14,7 +14,7 @@ import pytest
 from cityscapesscripts.evaluation import evalPanopticSemanticLabeling as reference
 
 from panopticlab.evaluation import PanopticEvaluator, evaluate_files, pq_compute
-from panopticlab.evaluation.synthetic import make_pair, write_dataset
+from oracles.synthetic_pairs import make_pair, write_dataset
 
 
 def reference_pq(gt_json, pred_json):
@@ -68,5 +68,6 @@ def test_streaming_equals_file_based(dataset):
     evaluator = PanopticEvaluator(gt["categories"])
     for k, ann in enumerate(gt["annotations"]):
         pair = make_pair(3, k, 128, 256, void_and_crowd=void_and_crowd)
-        evaluator.process([(pair.gt_map, pair.gt_segments)], [(pair.pred_map, pair.pred_segments)], [ann["image_id"]])
+        item = {"panoptic": (pair.gt_map, pair.gt_segments), "image_id": ann["image_id"]}
+        evaluator.process([item], [(pair.pred_map, pair.pred_segments)])
     np.testing.assert_equal(evaluator.evaluate(), evaluate_files(gt_json, pred_json, workers=1).evaluate())

@@ -13,7 +13,7 @@ from test_evaluation import CATEGORIES, STUFF_A, THING_A, THING_B
 
 from panopticlab.errors import InputError
 from panopticlab.evaluation import PanopticEvaluator, encode_id_map
-from panopticlab.evaluation.synthetic import coco_categories, make_pair
+from oracles.synthetic_pairs import coco_categories, make_pair
 from panopticlab.structures import PanopticResult
 
 PAIRS = [make_pair(5, k, 64, 128) for k in range(8)]
@@ -36,7 +36,7 @@ def test_accepts_panoptic_results_and_torch_tensors():
     pred = PanopticResult.from_id_map(pair.pred_map, pred_category, things)
 
     from_results = PanopticEvaluator(coco_categories())
-    from_results.process([gt], [pred])
+    from_results.process([{"panoptic": gt}], [pred])
     from_tensors = PanopticEvaluator(coco_categories())
     from_tensors.add(
         (torch.from_numpy(pair.gt_map).long(), pair.gt_segments), (torch.from_numpy(pair.pred_map), pair.pred_segments)
@@ -138,7 +138,8 @@ def _ap_case() -> tuple[PanopticResult, PanopticResult]:
 
 def test_instance_ap_from_panoptic_thing_segments():
     evaluator = PanopticEvaluator(CATEGORIES, compute_ap=True)
-    evaluator.process(*map(list, zip(_ap_case())))
+    gt, pred = _ap_case()
+    evaluator.process([{"panoptic": gt, "image_id": 1}], [pred])
     ap = evaluator.evaluate()["instance"]
     assert ap["AP"] == pytest.approx(51 / 101) and ap["AP50"] == pytest.approx(51 / 101)
     assert ap["APs"] == pytest.approx(51 / 101) and math.isnan(ap["APm"])

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from panopticlab.evaluation import OverlapRelationEvaluator, front_from_depth, front_from_visible
+from panopticlab.masks import masks_to_boxes
+from panopticlab.structures import PanopticResult
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -35,7 +38,7 @@ GT_FRONT = relation(3, {(0, 1): 1}).bool()  # [i, j]: j in front of i
 def scores(o: torch.Tensor, overlap: torch.Tensor = GT_OVERLAP, front: torch.Tensor = GT_FRONT) -> dict:
     evaluator = OverlapRelationEvaluator()
     evaluator.add(o, overlap, front)
-    return evaluator.evaluate()
+    return evaluator.evaluate()["overlap"]
 
 
 def test_front_from_depth():
@@ -104,7 +107,7 @@ def test_pairs_without_a_known_front_are_left_out_of_the_direction():
 
 def test_empty_evaluator_and_tiny_images():
     evaluator = OverlapRelationEvaluator()
-    assert math.isnan(evaluator.evaluate()["f1"])
+    assert evaluator.evaluate() == {}  # no image: nothing to report
     evaluator.add(torch.zeros(0, 0), torch.zeros(0, 0), torch.zeros(0, 0, dtype=torch.bool))
     evaluator.add(torch.zeros(1, 1), torch.zeros(1, 1), torch.zeros(1, 1, dtype=torch.bool))
     assert evaluator.counts()["images"] == 2 and evaluator.counts()["gt_pairs"] == 0
@@ -112,7 +115,7 @@ def test_empty_evaluator_and_tiny_images():
         evaluator.add(torch.zeros(2, 2), torch.zeros(2, 2), torch.zeros(3, 3, dtype=torch.bool))
 
 
-def test_counts_sum_across_processes():
+def test_counts_add_up_over_images():
     images = [
         (relation(3, {(0, 1): 0.9}), GT_OVERLAP, GT_FRONT),
         (relation(3, {(1, 0): 0.9, (2, 1): 0.8}), GT_OVERLAP, GT_FRONT),
@@ -125,15 +128,49 @@ def test_counts_sum_across_processes():
         part = OverlapRelationEvaluator()
         part.add(*image)
         parts.append(part.counts())
-    summed = {key: parts[0][key] + parts[1][key] for key in parts[0]}
-    assert all(isinstance(v, int) for v in summed.values())
-    assert together.evaluate(summed) == together.evaluate()
-    result = together.evaluate()
-    assert (result["pairs"], result["predicted_pairs"]) == (2, 3)
+    assert together.counts() == {key: parts[0][key] + parts[1][key] for key in parts[0]}
+    result = together.evaluate()["overlap"]
+    assert (result["pairs"], result["predicted_pairs"], result["images"]) == (2, 3, 2)
     assert result["precision"] == pytest.approx(2 / 3) and result["recall"] == 1.0
     assert result["direction_accuracy"] == 0.5
     together.reset()
     assert together.counts()["images"] == 0
+
+
+def test_process_scores_a_relation_model_on_the_items_instances():
+    """The evaluator-protocol path: items with instances (exact depth, or visible segments only)."""
+    amodal = strips([(0, 6), (4, 10), (10, 12)])
+    o = relation(3, {(0, 1): 0.9})
+    seen = []
+
+    def relation_of(image, boxes, labels):
+        seen.append((tuple(image.shape), boxes.tolist(), labels.tolist()))
+        return o
+
+    def item(depth):
+        visible_ids = torch.zeros(1, 12, dtype=torch.int64)
+        visible_ids[:, 0:4], visible_ids[:, 4:10], visible_ids[:, 10:12] = 1, 2, 3
+        return {
+            "image": torch.zeros(3, 1, 12, dtype=torch.uint8),
+            "panoptic": PanopticResult(visible_ids.numpy().astype(np.int32), []),
+            "instances": {
+                "masks": amodal,
+                "boxes": masks_to_boxes(amodal),
+                "labels": torch.tensor([0, 1, 0]),
+                "iscrowd": torch.tensor([False, False, False]),
+                "depth": torch.tensor(depth),
+                "panoptic_segment_ids": torch.tensor([1, 2, 3]),
+            },
+        }
+
+    evaluator = OverlapRelationEvaluator(relation_of)
+    evaluator.process([item([1, 0, 2]), {"image": torch.zeros(3, 2, 12)}, item([-1, -1, -1])], [None] * 3)
+    by_hand = OverlapRelationEvaluator()
+    by_hand.add(o, GT_OVERLAP, GT_FRONT)
+    assert evaluator.counts() == {key: 2 * value for key, value in by_hand.counts().items()}
+    assert len(seen) == 2 and seen[0][1][1] == [4.0, 0.0, 10.0, 1.0] and seen[0][2] == [0, 1, 0]
+    with pytest.raises(ValueError, match="relation_of"):
+        OverlapRelationEvaluator().process([item([1, 0, 2])], [None])
 
 
 def test_add_masks_with_depth_and_with_visible_segments():

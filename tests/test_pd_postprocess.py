@@ -17,7 +17,7 @@ from panopticlab.models.panoptic_deeplab.postprocess import (
     nearest_centers,
     panoptic_deeplab_inference,
 )
-from panopticlab.models.panoptic_deeplab.postprocess_reference import (
+from oracles.postprocess_reference import (
     find_instance_center_reference,
     get_panoptic_segmentation_reference,
     group_pixels_reference,

@@ -16,7 +16,7 @@ from pycocotools import mask as mask_utils
 from panopticlab.cli import main
 from panopticlab.data.coco_panoptic import read_panoptic_png, write_panoptic_png
 from panopticlab.data.dataset import CocoPanopticDataset
-from panopticlab.data.prepare import prepare_coco
+from panopticlab.data.prepare_coco import prepare_coco
 from panopticlab.errors import InputError
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +28,8 @@ from panopticlab.models.sognet.inference import (
 )
 from panopticlab.models.sognet.labels import LabelSpace
 from panopticlab.models.sognet.semantic_head import box_targets
-from panopticlab.models.sognet.targets import (
-    input_size,
-    stride4_id_map,
-    training_targets,
-)
+from panopticlab.models.sognet.settings import InputSizing
+from panopticlab.models.sognet.targets import stride4_id_map, training_targets
 from panopticlab.structures import PanopticResult, Segment
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -96,6 +95,12 @@ def shapes_items(n: int, size: int = 64, seed: int = 0) -> list[dict]:
     return items
 
 
+def with_targets(model, items: list[dict]) -> list[dict]:
+    """The items as the trainer hands them to ``model(batch)``: through ``model.data_transform()``."""
+    transform = model.data_transform()
+    return [transform(item) for item in items]
+
+
 def panoptic_quality(model, items) -> dict[str, float]:
     evaluator = PanopticEvaluator(CATEGORIES)
     for item, result in zip(items, model.predict([item["image"] for item in items])):
@@ -133,7 +138,7 @@ def test_forward_returns_finite_named_losses_and_backward_reaches_every_part(cha
     model = tiny_model(**changes).train()
     items = shapes_items(2)
     assert sum(float(training_targets(i, model.labels, CONTIGUOUS, 0.1)["relation"].sum()) for i in items) > 0
-    losses = model(items)
+    losses = model(with_targets(model, items))
     detector = {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask"}
     assert set(losses) == detector | {"loss_sem_seg", "loss_sem_roi"} | expected
     assert all(v.ndim == 0 and torch.isfinite(v) for v in losses.values())
@@ -199,7 +204,7 @@ def test_training_targets_follow_the_visible_segments_on_an_occlusion_scene():
     }
     model = tiny_model(min_size=32, max_size=64)  # no resizing
     prepared = model.data_transform()(item)
-    t = prepared["sognet"]
+    t = prepared["targets"]
     labels = LabelSpace(CATEGORIES)
     # the hidden triangle and the crowd clump are not training instances; B and A keep their amodal masks
     assert t["segment_ids"].tolist() == [3, 2]
@@ -227,7 +232,7 @@ def test_training_targets_follow_the_visible_segments_on_an_occlusion_scene():
 
     # without an instances file the visible thing segments are the instances: they never overlap
     del item["instances"]
-    t = model.data_transform()(item)["sognet"]
+    t = model.data_transform()(item)["targets"]
     assert t["segment_ids"].tolist() == [2, 3]
     assert torch.equal(t["masks"][0], torch.from_numpy(id_map == 2)) and not bool(t["relation"].any())
 
@@ -239,8 +244,9 @@ def test_tiny_sognet_overfits_a_few_shapes_images():
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=2e-3)
     first = last = None
     model.train()
+    batch = with_targets(model, items)
     for _ in range(60):
-        total = sum(model(items).values())
+        total = sum(model(batch).values())
         optimizer.zero_grad()
         total.backward()
         optimizer.step()
@@ -252,16 +258,17 @@ def test_tiny_sognet_overfits_a_few_shapes_images():
     for item, result in zip(items, model.predict([item["image"] for item in items])):
         check_result(result, 64, 64)
     # the released code's pairwise inference is an option; other image sizes work
-    model.config.relation_inference = "pairwise"
+    joint = model.inference
+    model.inference = dataclasses.replace(joint, pairwise_relation=True)
     check_result(model.predict(items[0]["image"])[0], 64, 64)
-    model.config.relation_inference = "joint"
+    model.inference = joint
     odd = F.interpolate(items[0]["image"][None].float(), size=(48, 80), mode="bilinear")[0]
     check_result(model.predict(odd)[0], 48, 80)
 
 
 @pytest.mark.parametrize("pan", ["upsnet", "heuristic"])
 def test_baselines_predict_valid_results(pan):
-    model = tiny_model(panoptic=pan, score_threshold=0.0, heuristic_score_threshold=0.0, stuff_area=0)
+    model = tiny_model(panoptic=pan, score_threshold=0.0, stuff_area=0)
     torch.nn.init.constant_(model.detector.roi_heads.mask_predictor.mask_fcn_logits.bias, 3.0)  # masks survive
     results = model.predict(torch.randint(0, 256, (2, 3, 40, 56), dtype=torch.uint8))
     assert len(results) == 2 and any(s.isthing for s in results[0].segments)
@@ -269,7 +276,7 @@ def test_baselines_predict_valid_results(pan):
         check_result(result, 40, 56)
 
 
-def test_predict_and_relations_take_any_image_input_and_refuse_tta():
+def test_predict_and_relations_take_any_image_input_and_have_no_tta():
     model = tiny_model(score_threshold=0.0)
     torch.nn.init.constant_(model.detector.roi_heads.mask_predictor.mask_fcn_logits.bias, 3.0)  # masks survive
     images = torch.randint(0, 256, (2, 3, 40, 56), dtype=torch.uint8)
@@ -278,10 +285,7 @@ def test_predict_and_relations_take_any_image_input_and_refuse_tta():
     for result in results:
         check_result(result, 40, 56)
     check_result(model.predict(images[0].permute(1, 2, 0).numpy())[0], 40, 56)
-    with pytest.raises(InputError, match="test-time augmentation"):
-        model.predict(images, tta_flip=True)
-    with pytest.raises(ValueError, match="test-time augmentation"):
-        model.predict(images, tta_scales=(0.5, 1.0))
+    assert list(inspect.signature(model.predict).parameters) == ["images"]  # no options it would refuse
 
     boxes = torch.tensor([[0.0, 0.0, 20.0, 20.0], [10.0, 5.0, 40.0, 30.0], [30.0, 20.0, 56.0, 40.0]])
     relation = model.predict_relations(images[0], boxes, torch.tensor([0, 1, 0]))
@@ -289,7 +293,13 @@ def test_predict_and_relations_take_any_image_input_and_refuse_tta():
     assert bool(((relation > 0) & (relation.T > 0)).sum() == 0) and bool((relation.diagonal() == 0).all())
     with pytest.raises(ValueError, match="not thing classes"):
         model.predict_relations(images[0], boxes, torch.tensor([0, 1, CONTIGUOUS[11]]))
-    assert tiny_model(panoptic="upsnet").predict_relations(images[0], boxes, torch.tensor([0, 1, 0])) is None
+    # the relation is scored through the evaluator the model contributes; a baseline has none
+    (evaluator,) = model.evaluators()
+    assert evaluator.relation_of == model.predict_relations
+    upsnet = tiny_model(panoptic="upsnet")
+    assert upsnet.evaluators() == []
+    with pytest.raises(ValueError, match="no relation module"):
+        upsnet.predict_relations(images[0], boxes, torch.tensor([0, 1, 0]))
 
 
 # -- configs -------------------------------------------------------------------------------------
@@ -347,9 +357,9 @@ def test_shipped_configs_load_and_build(name):
 
 
 def test_input_size_follows_torchvisions_rule():
-    assert input_size(480, 640, 800, 1333) == (800, 1067)
-    assert input_size(400, 1200, 800, 1333) == (444, 1333)  # the long side limits
-    assert input_size(128, 128, 128, 256) == (128, 128)
+    assert InputSizing(800, 1333).input_size(480, 640) == (800, 1067)
+    assert InputSizing(800, 1333).input_size(400, 1200) == (444, 1333)  # the long side limits
+    assert InputSizing(128, 256).input_size(128, 128) == (128, 128)
 
 
 def test_resample_to_image_equals_upsample_crop_resize():

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from oracles.overlap_removal_naive import remove_overlaps_naive
 from panopticlab.masks import overlap_graph
 from panopticlab.models.sognet import (
     RelationModule,
@@ -14,7 +15,6 @@ from panopticlab.models.sognet import (
     relation_loss,
     relative_box_encoding,
     remove_overlaps,
-    remove_overlaps_naive,
     remove_overlaps_pairwise,
 )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from panopticlab.data import synthetic
+from panopticlab.data.synthetic import writing
 from panopticlab.data.coco_panoptic import Categories, load_panoptic_json, read_panoptic_annotation
 from panopticlab.data.synthetic import (
     SHAPES_CATEGORIES,
@@ -129,9 +131,15 @@ def test_occlusion_pairs_front_first_and_crowd_left_out():
 def test_written_split_matches_samples_and_reads_back_strictly(tmp_path):
     config = ShapesConfig(height=64, width=80, crowd=1.0, void=1.0)
     calls = []
-    split_dir = generate_split(tmp_path, 4, config, seed=3, split="val", workers=1, progress=lambda *a: calls.append(a))
+
+    @contextlib.contextmanager
+    def progress(description, total):  # a progress factory that records what it is told
+        calls.append((description, total))
+        yield lambda n=1: calls.append(n)
+
+    split_dir = generate_split(tmp_path, 4, config, seed=3, split="val", workers=1, progress=progress)
     assert split_dir == tmp_path / "val"
-    assert calls == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert calls == [("synth val", 4), 1, 1, 1, 1]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["val"]
 
     dataset = load_panoptic_json(split_dir / "panoptic.json")
@@ -223,7 +231,7 @@ def test_failed_generation_leaves_nothing_behind(tmp_path, monkeypatch):
 
     generate_split(tmp_path, 2, SMALL, seed=0, workers=1, split="old")
     before = tree_bytes(tmp_path / "old")
-    monkeypatch.setattr(synthetic, "generate_sample", failing)
+    monkeypatch.setattr(writing, "generate_sample", failing)
     with pytest.raises(RuntimeError, match="boom"):
         generate_split(tmp_path, 4, SMALL, workers=1, split="new")
     with pytest.raises(RuntimeError, match="boom"):
@@ -235,14 +243,14 @@ def test_failed_generation_leaves_nothing_behind(tmp_path, monkeypatch):
 def test_failed_final_rename_restores_the_old_split(tmp_path, monkeypatch):
     generate_split(tmp_path, 2, SMALL, seed=0, workers=1)
     before = tree_bytes(tmp_path / "train")
-    real_rename = synthetic.os.rename
+    real_rename = writing.os.rename
 
     def rename(src, dst):
         if str(src).endswith(".partial"):
             raise OSError("disk gone")
         real_rename(src, dst)
 
-    monkeypatch.setattr(synthetic.os, "rename", rename)
+    monkeypatch.setattr(writing.os, "rename", rename)
     with pytest.raises(OSError, match="disk gone"):
         generate_split(tmp_path, 2, SMALL, seed=1, workers=1, overwrite=True)
     assert [p.name for p in tmp_path.iterdir()] == ["train"]

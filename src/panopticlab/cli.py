@@ -4,6 +4,11 @@ Each sub-command is a pair of functions: ``_add_<name>(subparsers)`` declares it
 arguments and ``_run_<name>(args) -> int`` calls the library. Imports of heavy modules
 happen inside the run functions so that ``panopticlab --help`` stays fast.
 
+The library logs (``logging``) and returns results; the command decides what is shown: the
+library's INFO records on stderr while it runs (:func:`panopticlab.logs.show_logs`; ``-q``
+keeps warnings only), its results (tables, paths) on stdout. Config overrides are
+``KEY=VALUE`` words after the other arguments, on every command that reads a config.
+
 A user mistake (:class:`~panopticlab.errors.InputError`) is printed on one line and the
 command exits with status 2, like argparse's own usage errors.
 """
@@ -11,7 +16,9 @@ command exits with status 2, like argparse's own usage errors.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -54,17 +61,16 @@ def _run_synth(args: argparse.Namespace) -> int:
         crowd=args.crowd,
         void=args.void,
     )
-    with progress_bar(f"synth {args.split}", total=args.num_images) as advance:
-        split_dir = generate_split(
-            args.out,
-            args.num_images,
-            config,
-            seed=args.seed,
-            split=args.split,
-            workers=args.workers,
-            overwrite=args.overwrite,
-            progress=lambda done, total: advance(1),
-        )
+    split_dir = generate_split(
+        args.out,
+        args.num_images,
+        config,
+        seed=args.seed,
+        split=args.split,
+        workers=args.workers,
+        overwrite=args.overwrite,
+        progress=progress_bar,
+    )
     print(f"wrote {args.num_images} images to {split_dir}")
     if args.pictures:
         _draw_split(split_dir, split_dir.parent / f"{split_dir.name}_pictures", args.pictures)
@@ -145,7 +151,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         raise InputError(f"--workers must be at least 1, got {args.workers}")
     if args.dataset == "coco":
-        from panopticlab.data.prepare import prepare_coco
+        from panopticlab.data.prepare_coco import prepare_coco
 
         if args.use_train_id:
             raise InputError("--use-train-id applies to cityscapes only")
@@ -180,11 +186,12 @@ def _add_demo(subparsers) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from panopticlab.demo import run_demo
+    from panopticlab.demo import result_lines, run_demo
 
     if args.minutes <= 0 or args.num_images < 1:
         raise InputError("--minutes must be positive and --num-images at least 1")
-    run_demo(args.output, minutes=args.minutes, num_train=args.num_images, seed=args.seed)
+    metrics = run_demo(args.output, minutes=args.minutes, num_train=args.num_images, seed=args.seed)
+    print("\n".join(result_lines(metrics, args.output)))
     return 0
 
 
@@ -230,6 +237,16 @@ def _add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. solver.max_iter=1000")
 
 
+#: a config override: a dotted key, '=', a value (a path such as data/x=1.png is not one: '/' before '=')
+_OVERRIDE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*=")
+
+
+def _split_overrides(words: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``(other words, KEY=VALUE overrides)`` of a command's positional words."""
+    overrides = [w for w in words if _OVERRIDE.match(w)]
+    return [w for w in words if not _OVERRIDE.match(w)], overrides
+
+
 def _load_experiment(args: argparse.Namespace):
     from panopticlab.config import Config, load_config
 
@@ -272,8 +289,11 @@ def _add_test(subparsers) -> None:
 
 def _run_test(args: argparse.Namespace) -> int:
     from panopticlab.engine import test
+    from panopticlab.evaluation.report import print_results
 
-    test(_load_experiment(args), args.weights, args.output, overwrite=args.overwrite)
+    results = test(_load_experiment(args), args.weights, args.output, overwrite=args.overwrite)
+    if os.environ.get("RANK", "0") == "0":
+        print_results(results)
     return 0
 
 
@@ -281,42 +301,32 @@ def _add_predict(subparsers) -> None:
     p = subparsers.add_parser(
         "predict",
         help="panoptic segmentation of images: COCO panoptic PNG + JSON and an overlay per image",
+        description="Segment image files and folders of images. Config overrides (KEY=VALUE, e.g. "
+        "model.panoptic_deeplab.tta_flip=true) may be given among them.",
     )
     p.add_argument("--config", required=True, type=Path, help="the model's YAML config")
     p.add_argument("--weights", required=True, type=Path, help="a .safetensors file")
-    p.add_argument("images", nargs="+", type=Path, help="image files or folders of images")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_KEY=VALUE", help="image files or folders of images, and config overrides")
     p.add_argument("--output", required=True, type=Path, help="folder for the results")
     p.add_argument("--batch-size", type=int, default=None, help="images per batch (default test.batch_size)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     p.add_argument("--overwrite", action="store_true", help="replace earlier results in --output")
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from panopticlab.weights import load_weights
     from panopticlab.distributed import resolve_device
-    from panopticlab.engine.inference import image_files, predict_files
-    from panopticlab.models import build_model
+    from panopticlab.engine import predict_files
+    from panopticlab.models import load_model
     from panopticlab.progress import progress_bar
 
+    images, args.overrides = _split_overrides(args.inputs)
+    if not images:
+        raise InputError("predict needs at least one image file or folder")
     config = _load_experiment(args)
-    model = build_model(config)
-    load_weights(model, args.weights)
-    model.to(resolve_device(config.device)).eval()
+    model = load_model(config, args.weights, device=resolve_device(config.device))
     batch_size = config.test.batch_size if args.batch_size is None else args.batch_size
-    if batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
-    files = image_files(args.images)
-    with progress_bar("predict", total=len(files)) as advance:
-        written = predict_files(
-            model,
-            files,
-            args.output,
-            batch_size=batch_size,
-            tta_scales=config.test.tta_scales,
-            tta_flip=config.test.tta_flip,
-            overwrite=args.overwrite,
-            progress=advance,
-        )
+    written = predict_files(
+        model, images, args.output, batch_size=batch_size, overwrite=args.overwrite, progress=progress_bar
+    )
     print(f"wrote {len(written)} predictions to {args.output}")
     return 0
 
@@ -336,6 +346,7 @@ COMMANDS: dict[str, tuple[Callable, Callable[[argparse.Namespace], int]]] = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="panopticlab", description="Panoptic segmentation toolkit.")
+    parser.add_argument("-q", "--quiet", action="store_true", help="show warnings only, no progress log")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add, _ in COMMANDS.values():
         add(subparsers)
@@ -343,9 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from panopticlab.logs import show_logs
+
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command][1](args)
+        with show_logs(logging.WARNING if args.quiet else logging.INFO):
+            return COMMANDS[args.command][1](args)
     except InputError as e:
         print(f"panopticlab {args.command}: error: {e}", file=sys.stderr)
         return 2

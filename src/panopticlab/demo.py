@@ -51,7 +51,7 @@ def run_demo(
     started = time.monotonic()
     trained = train(config, overwrite=True, max_minutes=minutes)
     train_minutes = (time.monotonic() - started) / 60
-    results = test(config, trained["weights"], output / "test", overwrite=True, quiet=True)
+    results = test(config, trained["weights"], output / "test", overwrite=True)
 
     metrics = {
         **{k: round(v, 2) for k, v in results["summary"].items()},
@@ -63,7 +63,6 @@ def run_demo(
     write_json(output / "metrics.json", metrics, indent=2)
     pictures = draw_predictions(config, trained["weights"], output / "pictures")
     write_report(output, metrics, pictures)
-    _print_result(metrics, output)
     return metrics
 
 
@@ -85,12 +84,10 @@ def ensure_split(
         info = read_json(split_dir / "panoptic.json").get("info", {})
         if all(info.get(k) == v for k, v in wanted.items()):
             return split_dir
-    with progress_bar(f"generating {split}", total=num_images) as advance:
-        # The demo owns data_dir, so an out-of-date split is replaced (only once the new one is complete).
-        return generate_split(
-            data_dir, num_images, config, seed=seed, split=split, workers=workers, overwrite=True,
-            progress=lambda done, total: advance(1),
-        )
+    # The demo owns data_dir, so an out-of-date split is replaced (only once the new one is complete).
+    return generate_split(
+        data_dir, num_images, config, seed=seed, split=split, workers=workers, overwrite=True, progress=progress_bar
+    )
 
 
 def summarize_split(split_dir: Path) -> dict[str, Any]:
@@ -121,12 +118,10 @@ def summarize_split(split_dir: Path) -> dict[str, Any]:
 
 def draw_predictions(config: Config, weights: Path, out: Path) -> list[Path]:
     """image | ground truth | prediction for the first val images."""
-    from panopticlab.weights import load_weights
-    from panopticlab.models import build_model
+    from panopticlab.models import load_model
 
-    model = build_model(config)
-    load_weights(model, weights)
-    val = CocoPanopticDataset.from_split_folder(Path(config.data.root) / config.data.test.folder)
+    model = load_model(config, weights)
+    val = CocoPanopticDataset.from_split_folder(Path(config.data.root) / config.data.test.folder, instances=False)
     paths = []
     for k in range(min(NUM_PICTURES, len(val))):
         item = val[k]
@@ -208,13 +203,11 @@ Image | ground truth | prediction | predicted segments:
         tmp.write_text(text, encoding="utf-8")
 
 
-def _print_result(metrics: dict[str, Any], output: Path) -> None:
-    from rich.console import Console
-
-    console = Console()
-    console.print(
+def result_lines(metrics: dict[str, Any], output: Path) -> list[str]:
+    """What the demo reached, and where its report is: the lines ``panopticlab demo`` prints at the end."""
+    return [
         f"PQ {metrics['PQ']:.1f}  (things {metrics['PQ_th']:.1f}, stuff {metrics['PQ_st']:.1f})  "
         f"SQ {metrics['SQ']:.1f}  RQ {metrics['RQ']:.1f}  mIoU {metrics['mIoU']:.1f}  "
-        f"after {metrics['train_minutes']:.1f} min of training"
-    )
-    console.print(f"report: {output / 'report.md'}   metrics: {output / 'metrics.json'}")
+        f"after {metrics['train_minutes']:.1f} min of training",
+        f"report: {output / 'report.md'}   metrics: {output / 'metrics.json'}",
+    ]

@@ -102,6 +102,11 @@ def _group_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def is_main_process() -> bool:
+    """Rank 0 of the current group, or the only process."""
+    return _group_size() == 1 or dist.get_rank() == 0
+
+
 def all_gather(obj: Any) -> list[Any]:
     """Every process's ``obj`` (picklable), in rank order, on every process: ``[obj]`` without a group."""
     if _group_size() == 1:

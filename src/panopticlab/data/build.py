@@ -9,8 +9,8 @@ Training reads an endless, reproducible stream of samples:
 * :class:`TrainingSet` augments each sample with Python's ``random`` seeded by the sample's
   position in the stream (the previous state restored afterwards), so a sample's crop and
   flip do not depend on which worker process draws it, on the number of workers, or on a
-  restart. It then applies the model's own picklable ``data_transform`` (e.g. making
-  Panoptic-DeepLab's targets), so that work happens in the loader's worker processes.
+  restart. It then applies the model's own picklable ``data_transform`` (which makes the
+  model's ``targets``), so that work happens in the loader's worker processes.
 """
 
 from __future__ import annotations
@@ -32,13 +32,18 @@ from panopticlab.errors import InputError
 Transform = Callable[[Item], Item]
 
 
-def build_dataset(config: Config, split: Literal["train", "test"]) -> CocoPanopticDataset:
-    """The ``data.train`` or ``data.test`` split of a config, without augmentation."""
+def build_dataset(config: Config, split: Literal["train", "test"], *, instances: bool = True) -> CocoPanopticDataset:
+    """The ``data.train`` or ``data.test`` split of a config, without augmentation.
+
+    ``instances``: also read the split's instance annotations when it has them (``instances.json``
+    of a split folder, or ``instances_json``); a model that never uses them passes False, so they
+    are neither decoded nor augmented.
+    """
     root = Path(config.data.root)
     s: SplitConfig = getattr(config.data, split)
     if s.folder:
-        return CocoPanopticDataset.from_split_folder(root / s.folder)
-    if not (s.image_folder and s.panoptic_json and s.panoptic_folder):
+        return CocoPanopticDataset.from_split_folder(root / s.folder, instances=instances)
+    if not s.is_set:
         raise InputError(
             f"data.{split} is not configured: set data.{split}.folder, or data.{split}.image_folder, "
             f"data.{split}.panoptic_json and data.{split}.panoptic_folder"
@@ -47,13 +52,8 @@ def build_dataset(config: Config, split: Literal["train", "test"]) -> CocoPanopt
         root / s.image_folder,
         root / s.panoptic_json,
         root / s.panoptic_folder,
-        instances_json=root / s.instances_json if s.instances_json else None,
+        instances_json=root / s.instances_json if s.instances_json and instances else None,
     )
-
-
-def has_split(config: Config, split: Literal["train", "test"]) -> bool:
-    s: SplitConfig = getattr(config.data, split)
-    return bool(s.folder or (s.image_folder and s.panoptic_json and s.panoptic_folder))
 
 
 def check_categories(dataset: CocoPanopticDataset, categories: Categories, *, where: str) -> None:
@@ -124,17 +124,6 @@ class TrainingSet(Dataset):
         if self.model_transform is not None:
             item = self.model_transform(item)
         return item
-
-
-def model_data_transform(model: torch.nn.Module) -> Transform | None:
-    """The model's per-item training transform, when it offers one.
-
-    The contract: ``model.data_transform()`` returns a picklable ``item -> item`` callable
-    that adds what ``model.forward`` would otherwise compute from the item itself
-    (Panoptic-DeepLab: ``item["targets"]``). It runs in the loader's worker processes.
-    """
-    make = getattr(model, "data_transform", None)
-    return make() if callable(make) else None
 
 
 def per_process_batch_size(batch_size: int, world_size: int) -> int:

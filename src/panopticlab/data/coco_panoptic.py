@@ -129,15 +129,19 @@ class PanopticDataset:
     categories: Categories
     raw: dict[str, Any]
 
+    def __post_init__(self) -> None:
+        self._images_by_id = {img["id"]: img for img in self.images}  # image() is called per item
+
     @property
     def image_ids(self) -> list[Any]:
         return [img["id"] for img in self.images]
 
     def image(self, image_id: Any) -> dict[str, Any]:
-        for img in self.images:
-            if img["id"] == image_id:
-                return img
-        raise InputError(f"{self.json_file}: no image with id {image_id!r}")
+        """The image entry of ``image_id`` (a dict lookup)."""
+        try:
+            return self._images_by_id[image_id]
+        except KeyError:
+            raise InputError(f"{self.json_file}: no image with id {image_id!r}") from None
 
 
 def load_panoptic_json(json_file: str | os.PathLike) -> PanopticDataset:

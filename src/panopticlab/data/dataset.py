@@ -29,12 +29,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from PIL import Image
-from pycocotools import mask as mask_utils
 
+from panopticlab.data.coco_instances import instance_tensors, read_instances_json
 from panopticlab.data.coco_panoptic import load_panoptic_json, read_panoptic_annotation
 from panopticlab.errors import InputError
-from panopticlab.fileio import read_json
-from panopticlab.masks import masks_to_boxes
 
 Item = dict[str, Any]
 
@@ -72,21 +70,23 @@ class CocoPanopticDataset(torch.utils.data.Dataset):
         self.instances_json = Path(instances_json) if instances_json is not None else None
         self._instances: dict[Any, list[dict[str, Any]]] | None = None
         if self.instances_json is not None:
-            self._instances = _group_instances(self.instances_json, self.categories)
+            self._instances = read_instances_json(self.instances_json, self.categories)
 
     @classmethod
-    def from_split_folder(cls, split_folder: str | os.PathLike, **kwargs: Any) -> "CocoPanopticDataset":
+    def from_split_folder(
+        cls, split_folder: str | os.PathLike, *, instances: bool = True, **kwargs: Any
+    ) -> "CocoPanopticDataset":
         """The layout the shapes generator writes: ``images/``, ``panoptic/``, ``panoptic.json``
-        and, when present, ``instances.json``."""
+        and, when present (and ``instances``), ``instances.json``."""
         split_folder = Path(split_folder)
         if not (split_folder / "panoptic.json").is_file():
             raise InputError(f"{split_folder}: not a dataset split (no panoptic.json)")
-        instances = split_folder / "instances.json"
+        instances_json = split_folder / "instances.json"
         return cls(
             split_folder / "images",
             split_folder / "panoptic.json",
             split_folder / "panoptic",
-            instances_json=instances if instances.is_file() else None,
+            instances_json=instances_json if instances and instances_json.is_file() else None,
             **kwargs,
         )
 
@@ -125,7 +125,7 @@ class CocoPanopticDataset(torch.utils.data.Dataset):
             "segment_labels": {s.id: self.categories.to_contiguous(s.category_id) for s in panoptic.segments},
         }
         if self._instances is not None:
-            item["instances"] = _instance_tensors(
+            item["instances"] = instance_tensors(
                 self._instances.get(image_id, []), panoptic.height, panoptic.width, self.categories, self.instances_json
             )
         if self.transforms is not None:
@@ -148,50 +148,3 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise InputError(f"{path}: file not found") from None
     except OSError as e:
         raise InputError(f"{path}: cannot read the image ({e})") from None
-
-
-def _group_instances(instances_json: Path, categories) -> dict[Any, list[dict[str, Any]]]:
-    raw = read_json(instances_json)
-    if not isinstance(raw, dict) or not isinstance(raw.get("annotations"), list):
-        raise InputError(f"{instances_json}: expected a COCO detection JSON with an 'annotations' list")
-    grouped: dict[Any, list[dict[str, Any]]] = {}
-    for k, ann in enumerate(raw["annotations"]):
-        if not isinstance(ann, dict) or not {"image_id", "category_id", "segmentation"} <= ann.keys():
-            raise InputError(f"{instances_json}: annotations[{k}] needs 'image_id', 'category_id' and 'segmentation'")
-        if ann["category_id"] not in categories:
-            raise InputError(f"{instances_json}: annotation {ann.get('id', k)} has unknown category {ann['category_id']}")
-        grouped.setdefault(ann["image_id"], []).append(ann)
-    return grouped
-
-
-def _decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
-    """COCO RLE (compressed or not) or polygons -> bool [H, W]."""
-    if isinstance(segmentation, list):  # polygons
-        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
-    elif isinstance(segmentation.get("counts"), list):  # uncompressed RLE
-        rle = mask_utils.frPyObjects(segmentation, height, width)
-    else:
-        rle = dict(segmentation)
-        if isinstance(rle["counts"], str):
-            rle["counts"] = rle["counts"].encode("ascii")
-    return mask_utils.decode(rle).astype(bool)
-
-
-def _instance_tensors(annotations, height: int, width: int, categories, source: Path | None) -> dict[str, torch.Tensor]:
-    masks = np.zeros((len(annotations), height, width), dtype=bool)
-    for k, ann in enumerate(annotations):
-        try:
-            masks[k] = _decode_segmentation(ann["segmentation"], height, width)
-        except (ValueError, TypeError, KeyError) as e:
-            raise InputError(f"{source}: annotation {ann.get('id', k)} has an unreadable segmentation ({e})") from None
-    masks = torch.from_numpy(masks)
-    return {
-        "masks": masks,
-        "boxes": masks_to_boxes(masks),
-        "labels": torch.tensor([categories.to_contiguous(a["category_id"]) for a in annotations], dtype=torch.int64),
-        "iscrowd": torch.tensor([bool(a.get("iscrowd", 0)) for a in annotations], dtype=torch.bool),
-        "depth": torch.tensor([a.get("depth", -1) for a in annotations], dtype=torch.int64),
-        "panoptic_segment_ids": torch.tensor(
-            [a.get("panoptic_segment_id") or 0 for a in annotations], dtype=torch.int64
-        ),
-    }

@@ -1,12 +1,12 @@
 """The training loop, one for every model family.
 
-The trainer knows a model only through its contract:
+The trainer knows a model only through its contract (``models/base.py``):
 
-* ``model(batch)`` with ``batch`` a list of dataset items -> a dict of named, already
-  weighted scalar losses; the trainer sums them;
-* ``model.predict(images, tta_scales=, tta_flip=)`` and ``model.categories`` for evaluation;
-* optionally ``model.data_transform()`` -> a picklable ``item -> item`` run in the data
-  loader's workers (see :func:`panopticlab.data.build.model_data_transform`).
+* ``model.data_transform()`` -> a picklable ``item -> item`` run in the data loader's workers,
+  which adds the model's ``targets``; ``model.uses_instances`` says whether to read instances;
+* ``model(batch)`` with ``batch`` a list of such items -> a dict of named, already weighted
+  scalar losses; the trainer sums them;
+* ``model.predict(images)``, ``model.categories`` and ``model.evaluators()`` for evaluation.
 
 Around it: the optimizer (Adam or SGD), the warm-up + poly/step schedule, gradient clipping,
 mixed precision, DDP under torchrun, periodic checkpoints and evaluation, metrics as JSON
@@ -17,33 +17,30 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from panopticlab.weights import save_weights
-from panopticlab.config import Config, save_config, to_dict
-from panopticlab.data.build import (
-    build_dataset,
-    build_test_loader,
-    build_train_loader,
-    check_categories,
-    has_split,
-    model_data_transform,
-)
 from panopticlab import distributed
+from panopticlab.config import Config, check_section, save_config, to_dict
+from panopticlab.data.build import build_dataset, build_test_loader, build_train_loader, check_categories
 from panopticlab.engine.checkpointing import POINTER, last_checkpoint, load_checkpoint, save_checkpoint
 from panopticlab.engine.inference import evaluate
-from panopticlab.engine.logging import MetricsWriter, format_record, training_progress
+from panopticlab.engine.metrics import MetricsWriter, format_record
 from panopticlab.engine.schedule import fit_max_iter, lr_factor, set_learning_rate
 from panopticlab.errors import InputError
+from panopticlab.models import build_model
 from panopticlab.models.norm import convert_sync_batchnorm_if_distributed
+from panopticlab.progress import no_progress, progress_bar
+from panopticlab.weights import save_weights
+
+logger = logging.getLogger(__name__)
 
 FINAL_WEIGHTS = "model_final.safetensors"
 #: steps timed before the schedule is fitted to a time budget
@@ -57,7 +54,6 @@ def train(
     overwrite: bool = False,
     max_minutes: float | None = None,
     progress: bool = True,
-    quiet: bool = False,
     on_log: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train the model of ``config`` on ``data.train``; evaluate on ``data.test`` every ``test.eval_period``.
@@ -68,8 +64,7 @@ def train(
         max_minutes: time budget of this call (default ``solver.max_minutes``; 0 = none):
             when it is spent, training stops after the current step and writes its checkpoint
             and final weights, as at ``max_iter``.
-        progress: show a progress bar on a terminal.
-        quiet: print nothing (the config, log lines and evaluations still go to the files).
+        progress: show a progress bar on a terminal (log lines go to the ``logging`` module).
         on_log: called on the main process with every record written to ``metrics.jsonl``.
 
     Writes to ``output_dir``: ``config.yaml``, ``metrics.jsonl``, ``tensorboard/``,
@@ -82,7 +77,7 @@ def train(
     """
     process = distributed.setup(config.device)
     try:
-        trainer = Trainer(config, process, resume=resume, overwrite=overwrite, quiet=quiet, on_log=on_log)
+        trainer = Trainer(config, process, resume=resume, overwrite=overwrite, on_log=on_log)
         budget = config.solver.max_minutes if max_minutes is None else max_minutes
         return trainer.run(max_minutes=budget, progress=progress)
     finally:
@@ -99,12 +94,9 @@ class Trainer:
         *,
         resume: bool = False,
         overwrite: bool = False,
-        quiet: bool = False,
         on_log: Callable[[dict[str, Any]], None] | None = None,
     ):
-        from panopticlab.models import build_model
-
-        self.config, self.process, self.quiet, self.on_log = config, process, quiet, on_log
+        self.config, self.process, self.on_log = config, process, on_log
         solver = config.solver
         _check_solver(config, process.device)
         self.output_dir = Path(config.output_dir)
@@ -124,11 +116,12 @@ class Trainer:
         if checkpoint is not None:
             self.start_iter = load_checkpoint(checkpoint, self.model, self.optimizer, scaler=self.scaler)
 
-        self.dataset = build_dataset(config, "train")
+        instances = self.model.uses_instances
+        self.dataset = build_dataset(config, "train", instances=instances)
         check_categories(self.dataset, self.model.categories, where=f"data.train ({self.dataset.panoptic.json_file})")
         self.test_loader = None
-        if config.test.eval_period > 0 and has_split(config, "test"):
-            test_set = build_dataset(config, "test")
+        if config.test.eval_period > 0 and config.data.test.is_set:
+            test_set = build_dataset(config, "test", instances=instances)
             check_categories(test_set, self.model.categories, where=f"data.test ({test_set.panoptic.json_file})")
             self.test_loader = build_test_loader(config, test_set, rank=process.rank, world_size=process.world_size)
 
@@ -147,15 +140,15 @@ class Trainer:
         if main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             save_config(config, self.output_dir / "config.yaml")
-            self._say(f"config ({self.output_dir / 'config.yaml'}):\n" + yaml.safe_dump(to_dict(config), sort_keys=False))
+            logger.info("training %s; its full config is in %s", config.model.arch, self.output_dir / "config.yaml")
             if self.start_iter:
-                self._say(f"resuming from iteration {self.start_iter}")
+                logger.info("resuming from iteration %d", self.start_iter)
         writer = MetricsWriter(self.output_dir, start_iter=self.start_iter, tensorboard=solver.tensorboard) if main else None
 
         loader = build_train_loader(
             config,
             self.dataset,
-            model_transform=model_data_transform(self.model),
+            model_transform=self.model.data_transform(),
             rank=process.rank,
             world_size=process.world_size,
             start_iter=self.start_iter,
@@ -175,9 +168,8 @@ class Trainer:
         max_iter = solver.max_iter  # shortened once when the schedule is fitted to a time budget
         self.model.train()
         try:
-            with training_progress(solver.max_iter, self.start_iter, enabled=progress and main and not self.quiet) as (update, say):
-                if self.quiet or not main:
-                    say = _silent
+            bar = progress_bar if progress and main else no_progress
+            with bar("train", solver.max_iter, completed=self.start_iter) as advance:
                 while iteration < max_iter:
                     t0 = time.perf_counter()
                     batch = next(batches)
@@ -190,23 +182,27 @@ class Trainer:
                     total_data += data_time
                     if deadline is not None and solver.fit_schedule_to_budget and iteration - self.start_iter == FIT_STEPS:
                         max_iter = self._fitted_max_iter(iteration, total_time / FIT_STEPS, deadline)
-                        say(f"schedule fitted to the time budget: max_iter {max_iter}")
+                        if main:
+                            logger.info("schedule fitted to the time budget: max_iter %d", max_iter)
 
                     out_of_time = deadline is not None and distributed.any_process(time.monotonic() > deadline, process)
                     finished = iteration == max_iter or out_of_time
+                    status = None
                     if iteration % solver.log_period == 0 or finished:
                         last_log = window.record(iteration, self.optimizer, images_per_step, process)
+                        status = f"loss {last_log['loss']:.4g}  {last_log['images_per_s']:.1f} img/s"
                         if main:
                             self._log(writer, last_log)
-                            update(iteration, f"loss {last_log['loss']:.4g}  {last_log['images_per_s']:.1f} img/s")
-                            say(format_record(last_log, solver.max_iter))
+                            logger.info(format_record(last_log, solver.max_iter))
+                    advance(1, status=status)
                     if iteration % solver.checkpoint_period == 0 or finished:
                         checkpoint_path = self._checkpoint(iteration)
                     if self.test_loader is not None and (iteration % config.test.eval_period == 0 or finished):
-                        last_eval = self._evaluate(iteration, writer, say)
+                        last_eval = self._evaluate(iteration, writer)
                     if out_of_time and iteration < max_iter:
                         stopped_early = True
-                        say(f"time budget of {max_minutes:g} min spent: stopped at iteration {iteration}")
+                        if main:
+                            logger.info("time budget of %g min spent: stopped at iteration %d", max_minutes, iteration)
                         break
         finally:
             batches = loader = None  # stops the loader's workers, also when a traceback keeps this frame
@@ -277,18 +273,14 @@ class Trainer:
         distributed.barrier(self.process)
         return path
 
-    def _evaluate(self, iteration: int, writer: MetricsWriter | None, say: Callable[[str], None]) -> dict[str, float]:
+    def _evaluate(self, iteration: int, writer: MetricsWriter | None) -> dict[str, float]:
         results = evaluate(self.model, self.test_loader, self.config)
         self.model.train()
         summary = results["summary"]
         if self.process.is_main:
             self._log(writer, {"iteration": iteration, "eval": summary})
-            say(f"eval at {iteration}: " + "  ".join(f"{k} {v:.1f}" for k, v in summary.items()))
+            logger.info("eval at %d: %s", iteration, "  ".join(f"{k} {v:.1f}" for k, v in summary.items()))
         return summary
-
-    def _say(self, text: str) -> None:
-        if not self.quiet:
-            print(text)
 
 
 class _Window:
@@ -329,10 +321,6 @@ class _Window:
         return record
 
 
-def _silent(_: str) -> None:
-    pass
-
-
 def build_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
     """Adam (torch's betas and eps, detectron2's Panoptic-DeepLab choice) or SGD with momentum;
     one weight decay for every parameter (the recipe's is 0)."""
@@ -351,11 +339,6 @@ def _autocast(amp: str, device: torch.device) -> Callable[[], Any]:
 
 
 def _check_solver(config: Config, device: torch.device) -> None:
-    s = config.solver
-    if s.amp == "fp16" and device.type != "cuda":
+    check_section(config.solver, "solver.")  # read from a file it was checked; made in Python perhaps not
+    if config.solver.amp == "fp16" and device.type != "cuda":
         raise InputError("solver.amp=fp16 needs a GPU (its gradient scaler is CUDA's); use solver.amp=bf16 on a CPU")
-    for key in ("max_iter", "batch_size", "checkpoint_period", "log_period"):
-        if getattr(s, key) < 1:
-            raise InputError(f"solver.{key} must be at least 1, got {getattr(s, key)}")
-    if s.lr_scheduler == "poly" and s.warmup_iters < 0:
-        raise InputError(f"solver.warmup_iters must be >= 0, got {s.warmup_iters}")

@@ -1,9 +1,9 @@
-"""The streaming evaluator: ``reset()``, ``process(...)`` per batch, ``evaluate()`` at the end.
+"""The streaming panoptic evaluator (the evaluator protocol, :mod:`.protocol`): PQ, mIoU, AP.
 
-It takes in-memory results (a :class:`~panopticlab.structures.PanopticResult` or an
-``(id_map, segments)`` pair per image) and never writes a PNG. The file-based
-:func:`~panopticlab.evaluation.panoptic_files.pq_compute` feeds the same evaluator with the
-images it decodes, so both give the same numbers by construction.
+``process(items, results)`` per batch takes dataset items and in-memory results, ``add(gt, pred)``
+one image (a :class:`~panopticlab.structures.PanopticResult` or an ``(id_map, segments)`` pair
+each); it never writes a PNG. The file-based :func:`~panopticlab.evaluation.panoptic_files.pq_compute`
+feeds the same evaluator with the images it decodes, so both give the same numbers by construction.
 
 Under ``torch.distributed`` each rank processes its share; ``evaluate()`` gathers every rank's
 counts and sums them (every rank gets the full result). Outside a process group,
@@ -144,11 +144,10 @@ class PanopticEvaluator:
 
     Example::
 
-        evaluator = PanopticEvaluator(dataset_categories)
-        evaluator.reset()
-        for batch in loader:
-            predictions = model.predict(batch["image"])          # list of PanopticResult
-            evaluator.process(batch["panoptic"], predictions, image_ids=batch["image_id"])
+        evaluator = PanopticEvaluator(dataset.categories)
+        for batch in loader:                                      # lists of dataset items
+            predictions = model.predict([item["image"] for item in batch])
+            evaluator.process(batch, predictions)
         results = evaluator.evaluate()
         results["panoptic"]["All"]["pq"]
 
@@ -174,36 +173,26 @@ class PanopticEvaluator:
 
     # -- adding images -------------------------------------------------------------------------
 
-    def process(
-        self,
-        ground_truths: Sequence[Any],
-        predictions: Sequence[Any],
-        image_ids: Sequence[Any] | None = None,
-        instances: Sequence[Sequence[Mapping[str, Any]] | None] | None = None,
-    ) -> None:
-        """Add a batch: one ground truth and one prediction per image.
-
-        Args:
-            ground_truths: per image a ``PanopticResult`` or ``(id_map, segments)``; the
-                segments need ``area`` and ``iscrowd`` (``Segment`` objects have both).
-            predictions: per image a ``PanopticResult`` or ``(id_map, segments)``.
-            image_ids: per image an id for the per-image report (default: a running count).
-            instances: per image a list of detections for AP (see :func:`evaluate_image`).
-        """
-        if len(ground_truths) != len(predictions):
-            raise InputError(f"{len(ground_truths)} ground truths but {len(predictions)} predictions")
-        for k, (gt, pred) in enumerate(zip(ground_truths, predictions)):
-            self.add(
-                gt,
-                pred,
-                image_id=None if image_ids is None else image_ids[k],
-                instances=None if instances is None else instances[k],
-            )
+    def process(self, inputs: Sequence[Mapping[str, Any]], outputs: Sequence[Any]) -> None:
+        """Add a batch: per image a dataset item (its ``panoptic`` ground truth, a ``PanopticResult``
+        or ``(id_map, segments)`` whose segments have ``area`` and ``iscrowd``; its ``image_id``
+        when it has one, for the per-image report) and the prediction (a ``PanopticResult`` or
+        ``(id_map, segments)``)."""
+        if len(inputs) != len(outputs):
+            raise InputError(f"{len(inputs)} ground truths but {len(outputs)} predictions")
+        for item, prediction in zip(inputs, outputs):
+            self.add(item["panoptic"], prediction, image_id=item.get("image_id"))
 
     def add(
         self, gt: Any, pred: Any, *, image_id: Any = None, instances: Sequence[Mapping[str, Any]] | None = None
     ) -> ImageMatch:
-        """Add one image (see :meth:`process`) and return its match."""
+        """Add one image and return its match.
+
+        Args:
+            gt, pred: a ``PanopticResult`` or ``(id_map, segments)`` each (see :meth:`process`).
+            image_id: for the per-image report (default: a running count).
+            instances: detections for AP instead of the predicted thing segments (see :func:`evaluate_image`).
+        """
         if image_id is None:
             image_id = len(self.images)
         where = f"image {image_id!r}"

@@ -29,18 +29,30 @@ whether or not the model detected their overlap.
   direction accuracy.
 
 Every figure is a fraction in [0, 1], NaN where its denominator is 0. The evaluator keeps
-integer counts only, so processes can sum them (``counts()``) before ``evaluate(counts)``.
+integer counts only, which :meth:`OverlapRelationEvaluator.evaluate` sums over processes.
+
+As an evaluator of the engine's list (:mod:`.protocol`) it is handed a relation model, a
+function ``(image, boxes, labels) -> O`` (SOGNet's ``predict_relations``, which contributes it
+through its ``evaluators()``), and scores the items that carry ``instances``: the front from
+their depth order when every instance has one (the shapes dataset), else from which visible
+panoptic segment owns the shared amodal region (COCO-style).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from panopticlab import distributed
 from panopticlab.masks import overlap_graph
+from panopticlab.structures import PanopticResult
+
+#: ``(image [3, H, W], boxes float [N, 4] (x0, y0, x1, y1), labels int64 [N] contiguous) -> O float [N, N]``
+RelationModel = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 #: ``O_ij + O_ji`` above this means "predicted to overlap".
 OVERLAP_THRESHOLD = 0.5
@@ -90,13 +102,38 @@ def front_from_visible(amodal_masks: Tensor, visible_masks: Tensor) -> Tensor:
 
 
 class OverlapRelationEvaluator:
-    """Accumulate overlap detection and direction counts over images; see the module docstring."""
+    """Accumulate overlap detection and direction counts over images; see the module docstring.
 
-    def __init__(self) -> None:
-        self._counts = dict.fromkeys(COUNT_KEYS, 0)
+    Args:
+        relation_of: the relation model :meth:`process` scores (not needed by :meth:`add` /
+            :meth:`add_masks`, which take relations computed elsewhere).
+    """
+
+    def __init__(self, relation_of: RelationModel | None = None) -> None:
+        self.relation_of = relation_of
+        self.reset()
 
     def reset(self) -> None:
         self._counts = dict.fromkeys(COUNT_KEYS, 0)
+
+    def process(self, inputs: Sequence[Mapping[str, Any]], outputs: Sequence[PanopticResult]) -> None:
+        """Score the relation model on the non-crowd ground-truth instances of each item that has
+        ``instances`` (the outputs are not used: the relation is measured on the GT boxes)."""
+        if self.relation_of is None:
+            raise ValueError("OverlapRelationEvaluator.process needs the relation model (relation_of=)")
+        for item in inputs:
+            if "instances" not in item:
+                continue
+            instances = item["instances"]
+            keep = ~instances["iscrowd"] & instances["masks"].flatten(1).any(dim=1)
+            relation = self.relation_of(item["image"], instances["boxes"][keep], instances["labels"][keep])
+            masks, depth = instances["masks"][keep], instances["depth"][keep]
+            if bool((depth >= 0).all()):
+                self.add_masks(relation, masks, depth=depth)
+            else:
+                segment_ids = instances["panoptic_segment_ids"][keep][:, None, None]
+                id_map = torch.from_numpy(item["panoptic"].id_map).to(torch.int64)
+                self.add_masks(relation, masks, visible_masks=(id_map[None] == segment_ids) & (segment_ids != 0))
 
     def add(self, relation: Tensor, gt_overlap: Tensor, gt_front: Tensor) -> None:
         """Score one image.
@@ -157,28 +194,32 @@ class OverlapRelationEvaluator:
         self.add(relation, overlap_graph(amodal_masks, threshold), front)
 
     def counts(self) -> dict[str, int]:
-        """The integer counts so far (sum them over processes, then pass to :meth:`evaluate`)."""
+        """The integer counts of this process so far."""
         return dict(self._counts)
 
-    def evaluate(self, counts: Mapping[str, int] | None = None) -> dict[str, float | int]:
-        """Figures from ``counts`` (default: this evaluator's).
+    def evaluate(self) -> dict[str, Any]:
+        """``{"overlap": figures}`` over every process's images, or ``{}`` when none had instances.
 
-        Returns:
-            ``pairs`` (ground-truth overlapping pairs), ``predicted_pairs``, ``precision``,
-            ``recall``, ``f1``, ``direction_pairs`` (pairs with a known front),
-            ``direction_accuracy``, ``images``; fractions in [0, 1], NaN where undefined.
+        The figures: ``pairs`` (ground-truth overlapping pairs), ``predicted_pairs``, ``precision``,
+        ``recall``, ``f1``, ``direction_pairs`` (pairs with a known front), ``direction_accuracy``,
+        ``images``; fractions in [0, 1], NaN where undefined.
         """
-        c = dict(self._counts if counts is None else counts)
+        parts = distributed.all_gather(self._counts)
+        c = {key: sum(part[key] for part in parts) for key in COUNT_KEYS}
+        if c["images"] == 0:
+            return {}
         tp, predicted, actual = c["true_positive_pairs"], c["predicted_pairs"], c["gt_pairs"]
         return {
-            "images": c["images"],
-            "pairs": actual,
-            "predicted_pairs": predicted,
-            "precision": _ratio(tp, predicted),
-            "recall": _ratio(tp, actual),
-            "f1": _ratio(2 * tp, predicted + actual),
-            "direction_pairs": c["direction_pairs"],
-            "direction_accuracy": _ratio(c["direction_correct"], c["direction_pairs"]),
+            "overlap": {
+                "images": c["images"],
+                "pairs": actual,
+                "predicted_pairs": predicted,
+                "precision": _ratio(tp, predicted),
+                "recall": _ratio(tp, actual),
+                "f1": _ratio(2 * tp, predicted + actual),
+                "direction_pairs": c["direction_pairs"],
+                "direction_accuracy": _ratio(c["direction_correct"], c["direction_pairs"]),
+            }
         }
 
 

@@ -1,4 +1,9 @@
-"""Results as rich tables on the terminal and as plain JSON."""
+"""Results as headline numbers, rich tables on the terminal, and plain JSON.
+
+Every function takes the merged dict of the engine's evaluators (:mod:`.protocol`): ``panoptic``,
+``semantic``, ``categories``, ``num_images`` and optionally ``instance`` from
+:class:`~.evaluator.PanopticEvaluator`, ``cityscapes_instance``, ``overlap``.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +26,27 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def summarize(results: dict[str, Any]) -> dict[str, float]:
+    """The headline numbers in percent, named as detectron2 reports them: PQ, SQ, RQ,
+    PQ_th, SQ_th, RQ_th, PQ_st, SQ_st, RQ_st, mIoU, and AP when computed (with the Cityscapes
+    instance AP, AP and AP50 are that one's, the "AP" of Cityscapes tables); overlap_F1 and
+    overlap_direction with the overlap-relation metric."""
+    summary = {}
+    for split, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")):
+        for key in ("pq", "sq", "rq"):
+            summary[f"{key.upper()}{suffix}"] = 100 * float(results["panoptic"][split][key])
+    summary["mIoU"] = 100 * float(results["semantic"]["miou"])
+    if "overlap" in results:
+        summary["overlap_F1"] = 100 * float(results["overlap"]["f1"])
+        summary["overlap_direction"] = 100 * float(results["overlap"]["direction_accuracy"])
+    if "instance" in results:
+        summary["AP"] = 100 * float(results["instance"]["AP"])
+    if "cityscapes_instance" in results:
+        summary["AP"] = 100 * float(results["cityscapes_instance"]["AP"])
+        summary["AP50"] = 100 * float(results["cityscapes_instance"]["AP50"])
+    return summary
 
 
 def _pct(value: float) -> str:
@@ -65,7 +91,8 @@ def worst_images_table(results: dict[str, Any]) -> Table:
 def print_results(
     results: dict[str, Any], *, console: Console | None = None, per_class: bool = False, worst: bool = False
 ) -> None:
-    """Print the standard table, mIoU (and AP when computed), optionally per class and worst images."""
+    """Print the standard table, mIoU (and each AP and the overlap relation when computed),
+    optionally per class and worst images."""
     console = console or Console()
     if per_class:
         console.print(per_class_table(results))
@@ -75,5 +102,14 @@ def print_results(
     if "instance" in results:
         line += f"   AP {_pct(results['instance']['AP'])}   AP50 {_pct(results['instance']['AP50'])}"
     console.print(f"{line}   ({results['num_images']} images)")
+    if "cityscapes_instance" in results:
+        cs = results["cityscapes_instance"]
+        console.print(f"Cityscapes instance AP {_pct(cs['AP'])}   AP50 {_pct(cs['AP50'])}   (cityscapesscripts)")
+    if "overlap" in results:
+        o = results["overlap"]
+        console.print(
+            f"Overlap relation: F1 {_pct(o['f1'])}   direction accuracy {_pct(o['direction_accuracy'])}"
+            f"   ({o['pairs']} overlapping pairs)"
+        )
     if worst and results["worst_images"]:
         console.print(worst_images_table(results))

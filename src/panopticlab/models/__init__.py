@@ -1,45 +1,53 @@
-"""Building a model from a config, and loading one with its weights."""
+"""The model families behind one contract (``base.py``), and the one way to build and load them.
+
+* :func:`build_model`: the model a config describes, freshly initialised (backbone weights
+  loaded when the config names them);
+* :func:`load_model`: the same with its weights, in eval mode: what ``panopticlab test``,
+  ``predict``, the demo and ``panopticlab.load_model`` use.
+"""
 
 from __future__ import annotations
 
 import os
 from typing import Sequence
 
-from typing import TYPE_CHECKING
+import torch
 
-from torch import nn
+from panopticlab.config import Config, load_config
+from panopticlab.data.categories import load_categories
+from panopticlab.models.base import PanopticModel
+from panopticlab.models.panoptic_deeplab import build_panoptic_deeplab_model
+from panopticlab.models.sognet import build_sognet_model
+from panopticlab.weights import load_weights
 
-if TYPE_CHECKING:  # panopticlab.config imports the model config sections from this package
-    from panopticlab.config import Config
 
-
-def build_model(config: Config) -> nn.Module:
+def build_model(config: Config) -> PanopticModel:
     """The model a config describes, with freshly initialised weights."""
-    from panopticlab.data.categories import load_categories
-
     categories = load_categories(config.model.categories)
     if config.model.arch == "panoptic_deeplab":
-        from panopticlab.models.panoptic_deeplab import build_panoptic_deeplab_model
-
-        return build_panoptic_deeplab_model(config.model.panoptic_deeplab, categories)
+        return build_panoptic_deeplab_model(config.model.panoptic_deeplab, categories, crop_size=tuple(config.input.crop_size))
     if config.model.arch == "sognet":
-        from panopticlab.models.sognet import build_sognet_model
-
         return build_sognet_model(config.model.sognet, categories)
     raise ValueError(f"unknown model.arch {config.model.arch!r}")  # Literal-checked when the config is read
 
 
 def load_model(
-    config_path: str | os.PathLike, weights: str | os.PathLike | None = None, overrides: Sequence[str] = ()
-) -> nn.Module:
-    """Build the model of a YAML config and load ``weights`` (a safetensors file) into it.
+    config: Config | str | os.PathLike,
+    weights: str | os.PathLike | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    device: str | torch.device | None = None,
+) -> PanopticModel:
+    """Build the model of a config (a :class:`Config`, or a YAML file with ``overrides``) and load
+    ``weights`` (a safetensors file of the whole model) into it.
 
-    The model is returned in eval mode, ready for ``model.predict(images)``.
+    Returns the model in eval mode on ``device`` (default: the CPU), ready for ``model.predict(images)``.
     """
-    from panopticlab.weights import load_weights
-    from panopticlab.config import Config, load_config
-
-    model = build_model(load_config(Config, config_path, overrides))
+    if not isinstance(config, Config):
+        config = load_config(Config, config, overrides)
+    elif overrides:
+        raise ValueError("overrides apply to a config file; change the Config object instead")
+    model = build_model(config)
     if weights is not None:
         load_weights(model, weights)
-    return model.eval()
+    return model.to(device or "cpu").eval()

@@ -1,10 +1,10 @@
 """Panoptic-DeepLab (Cheng et al., CVPR 2020), faithful to detectron2's implementation.
 
 ``network.py`` backbone + dual ASPP/decoders + heads; ``targets.py`` training targets;
-``losses.py`` losses; ``postprocess.py`` centre grouping and merging; ``model.py`` joins them.
+``losses.py`` losses; ``postprocess.py`` centre grouping and merging; ``model.py`` joins them;
+``detectron2.py`` converts detectron2's model-zoo checkpoints.
 """
 
-from panopticlab.models.panoptic_deeplab.config import PanopticDeepLabConfig
 from panopticlab.models.panoptic_deeplab.losses import DeepLabCE, center_loss, offset_loss, panoptic_deeplab_losses
 from panopticlab.models.panoptic_deeplab.model import PanopticDeepLab, build_panoptic_deeplab_model
 from panopticlab.models.panoptic_deeplab.network import PanopticDeepLabNetwork, build_panoptic_deeplab
@@ -14,7 +14,6 @@ from panopticlab.models.panoptic_deeplab.targets import PanopticDeepLabTargetGen
 __all__ = [
     "DeepLabCE",
     "PanopticDeepLab",
-    "PanopticDeepLabConfig",
     "PanopticDeepLabNetwork",
     "PanopticDeepLabTargetGenerator",
     "build_panoptic_deeplab",

@@ -5,7 +5,8 @@
 R52 DSConv config (reference §12.2; 30,271,350 parameters at 19 classes) except the ASPP image
 pooling, which is global by default so that any input size works; pass
 ``aspp_pooling_crop_size=(512, 1024)`` (Cityscapes) or ``(640, 640)`` (COCO) for detectron2's
-exact crop-sized pooling. ``PAPER_OPTIONS`` switches to the paper / DeepLab2 design.
+exact crop-sized pooling. ``PAPER_OPTIONS`` switches to the paper / DeepLab2 design (in a
+config: the same three keys of ``model.panoptic_deeplab``).
 
 Data flow (shapes for input [B,3,H,W], R52 at output stride 16)::
 
@@ -26,13 +27,10 @@ from torch import nn
 
 from panopticlab.errors import InputError
 from panopticlab.models.backbones import build_backbone
+from panopticlab.models.common import PIXEL_MEAN, PIXEL_STD
 from panopticlab.models.norm import convert_sync_batchnorm_if_distributed
 from panopticlab.models.panoptic_deeplab.decoder import PanopticDeepLabDecoder, build_decoder
 from panopticlab.models.panoptic_deeplab.heads import HeadVariant, center_head, offset_head, semantic_head
-
-# detectron2's PIXEL_MEAN / PIXEL_STD for RGB input in 0..255 (ImageNet statistics).
-D2_PIXEL_MEAN = (123.675, 116.28, 103.53)
-D2_PIXEL_STD = (58.395, 57.12, 57.375)
 
 # Where the paper / DeepLab2 / original PyTorch code differ from detectron2 (reference §11):
 # narrower instance projections, a DSConv centre head, regular-conv ASPP branches.
@@ -68,8 +66,8 @@ class PanopticDeepLabNetwork(nn.Module):
         center_head: nn.Module,
         offset_head: nn.Module,
         *,
-        pixel_mean: Sequence[float] = D2_PIXEL_MEAN,
-        pixel_std: Sequence[float] = D2_PIXEL_STD,
+        pixel_mean: Sequence[float] = PIXEL_MEAN,
+        pixel_std: Sequence[float] = PIXEL_STD,
         common_stride: int = 4,
         size_divisibility: int = 0,
     ) -> None:
@@ -156,8 +154,8 @@ def build_panoptic_deeplab(
     aspp_pooling_crop_size: tuple[int, int] | None = None,
     aspp_dropout: float = 0.1,
     norm: Literal["BN", "SyncBN"] = "BN",
-    pixel_mean: Sequence[float] = D2_PIXEL_MEAN,
-    pixel_std: Sequence[float] = D2_PIXEL_STD,
+    pixel_mean: Sequence[float] = PIXEL_MEAN,
+    pixel_std: Sequence[float] = PIXEL_STD,
     size_divisibility: int = 0,
 ) -> PanopticDeepLabNetwork:
     """Build Panoptic-DeepLab from plain arguments (defaults: detectron2 R52 DSConv).

@@ -20,7 +20,7 @@ chunks, so memory is O(chunk * K) rather than D2's [K, H*W, 2] tensor; the class
 numbering and the stuff areas are ``bincount``s instead of Python loops over instances and
 classes. Distances are compared exactly as D2 compares its float32 distances, so ties and
 rounding give the same ids (see :func:`nearest_centers`; tested against
-:mod:`.postprocess_reference`). Every step is a torch operation: the functions run on the
+the oracle ``tests/oracles/postprocess_reference.py``). Every step is a torch operation: the functions run on the
 tensors' device, CPU or GPU.
 
 :func:`get_panoptic_segmentation` is the drop-in for D2's function;

@@ -3,16 +3,14 @@
 Parameter-free maths: ``relation.py`` the relation module, its ground truth and loss;
 ``overlap_removal.py`` the differentiable removal of occluded pixels;
 ``panoptic_head.py`` UPSNet's panoptic logits, target and loss.
-The network and the model: ``config.py``, ``labels.py``, ``detector.py`` (torchvision Mask R-CNN
-parts), ``semantic_head.py``, ``targets.py``, ``inference.py`` and ``model.py`` (``SOGNet``,
-``build_sognet_model``); see docs/sognet.md.
+The network and the model: ``settings.py`` (a config section resolved), ``labels.py``,
+``detector.py`` (torchvision Mask R-CNN parts), ``semantic_head.py``, ``targets.py``,
+``inference.py`` and ``model.py`` (``SOGNet``, ``build_sognet_model``); see docs/sognet.md.
 """
 
-from panopticlab.models.sognet.config import SOGNetConfig
 from panopticlab.models.sognet.model import SOGNet, build_sognet_model
 from panopticlab.models.sognet.overlap_removal import (
     remove_overlaps,
-    remove_overlaps_naive,
     remove_overlaps_pairwise,
 )
 from panopticlab.models.sognet.panoptic_head import (
@@ -34,7 +32,6 @@ from panopticlab.models.sognet.relation import (
 __all__ = [
     "RelationModule",
     "SOGNet",
-    "SOGNetConfig",
     "box_support",
     "build_sognet_model",
     "crop_to_boxes",
@@ -46,7 +43,6 @@ __all__ = [
     "relation_loss",
     "relative_box_encoding",
     "remove_overlaps",
-    "remove_overlaps_naive",
     "remove_overlaps_pairwise",
     "unknown_logits",
 ]

@@ -38,7 +38,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from panopticlab.models.backbone_weights import load_backbone_weights
 from panopticlab.models.backbones import TimmBackbone
-from panopticlab.models.sognet.config import SOGNetConfig
+from panopticlab.config.sognet import SOGNetConfig
 
 #: the FPN levels the RoI heads and the semantic head read (P2..P5)
 FPN_LEVELS = ("0", "1", "2", "3")

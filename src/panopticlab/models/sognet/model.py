@@ -1,10 +1,10 @@
-"""SOGNet as panopticlab's trainers and tools see every model:
+"""SOGNet as panopticlab's trainers and tools see every model (``models/base.py``):
 
-* ``forward(batch)``: a list of dataset items -> a dict of named, weighted losses;
+* ``data_transform()``: the per-item resize and target maker (``item["targets"]``), run in the loader's workers;
+* ``forward(batch)``: a list of dataset items with targets -> a dict of named, weighted losses;
 * ``predict(images)``: images (paths, PIL, numpy, tensors) -> one :class:`PanopticResult` each;
-* ``predict_relations(image, boxes, labels)``: the overlap relation O of given instances (the
-  overlap-relation metric), or None for the baselines that have no relation module;
-* ``data_transform()``: the per-item target maker run in the loader's workers.
+* ``evaluators()``: with a relation module, the overlap-relation metric, which scores
+  ``predict_relations(image, boxes, labels)`` (the relation O of given instances).
 
 The parts: ``detector.py`` (torchvision Mask R-CNN), ``semantic_head.py``, ``relation.py``,
 ``overlap_removal.py``, ``panoptic_head.py``, ``targets.py`` and ``inference.py``.
@@ -21,6 +21,9 @@ at the image's resolution, same-class removal (30 %), the relation + removal on 
 instances whose predicted masks overlap, the ``x2mask`` panoptic logits, argmax,
 majority-class relabelling and the stuff area limit. ``panoptic: heuristic`` merges
 torchvision's per-class detections with the semantic argmax instead.
+
+:func:`build_sognet_model` resolves a ``model.sognet`` section once (``settings.py``); the model
+keeps the resolved settings, never the section.
 """
 
 from __future__ import annotations
@@ -29,14 +32,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torchvision.models.detection.image_list import ImageList
 
+from panopticlab.config.loading import check_section
+from panopticlab.config.sognet import SOGNetConfig
 from panopticlab.data.coco_panoptic import Categories
-from panopticlab.errors import InputError
+from panopticlab.evaluation.overlap import OverlapRelationEvaluator
+from panopticlab.evaluation.protocol import Evaluator
 from panopticlab.masks import overlap_graph
-from panopticlab.models.panoptic_deeplab.model import ImageInput, as_image_tensors
-from panopticlab.models.sognet.config import SOGNetConfig, check_sognet_config
+from panopticlab.models.base import PanopticModel, training_targets
+from panopticlab.models.common import IGNORE_LABEL, PIXEL_MEAN, PIXEL_STD, ImageInput, as_image_tensors, inference_mode
 from panopticlab.models.sognet.detector import (
     FPN_LEVELS,
     Detector,
@@ -66,22 +72,11 @@ from panopticlab.models.sognet.panoptic_head import (
     paste_mask_logits,
     unknown_logits,
 )
-from panopticlab.models.sognet.relation import (
-    RelationModule,
-    overlapping_order,
-    relation_loss,
-)
-from panopticlab.models.sognet.semantic_head import (
-    SemanticHead,
-    semantic_loss,
-    semantic_roi_loss,
-)
+from panopticlab.models.sognet.relation import RelationModule, overlapping_order, relation_loss
+from panopticlab.models.sognet.semantic_head import SemanticHead, semantic_loss, semantic_roi_loss
+from panopticlab.models.sognet.settings import InferenceSettings, InputSizing, TrainingSettings, resolve_settings
 from panopticlab.models.sognet.targets import (
-    IGNORE_LABEL,
-    PIXEL_MEAN,
-    PIXEL_STD,
     PrepareTrainingItem,
-    input_size,
     pad_to,
     padded_size,
     resize_image,
@@ -90,7 +85,7 @@ from panopticlab.models.sognet.targets import (
 from panopticlab.structures import PanopticResult
 
 
-class SOGNet(nn.Module):
+class SOGNet(PanopticModel):
     """Mask R-CNN + semantic head (+ relation module) + parameter-free panoptic head.
 
     Args:
@@ -98,8 +93,12 @@ class SOGNet(nn.Module):
         semantic_head: logits of all categories at stride 4.
         relation: the relation module, or None (``panoptic: upsnet | heuristic``).
         categories: the dataset's categories.
-        config: the ``model.sognet`` section.
+        sizing: the network's input size.
+        training: loss weights and panoptic-head training options.
+        inference: the instance set and the merge.
     """
+
+    uses_instances = True  # amodal masks train the detector and the relation, and score the relation
 
     def __init__(
         self,
@@ -107,14 +106,17 @@ class SOGNet(nn.Module):
         semantic_head: SemanticHead,
         relation: RelationModule | None,
         categories: Categories,
-        config: SOGNetConfig,
+        sizing: InputSizing = InputSizing(),
+        training: TrainingSettings = TrainingSettings(),
+        inference: InferenceSettings = InferenceSettings(),
     ):
-        super().__init__()
+        super().__init__(categories)
         self.detector = detector
         self.semantic_head = semantic_head
         self.relation = relation
-        self.categories = categories
-        self.config = config
+        self.sizing = sizing
+        self.training_settings = training
+        self.inference = inference
         self.labels = LabelSpace(categories)
         self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(3, 1, 1), persistent=False)
@@ -127,41 +129,38 @@ class SOGNet(nn.Module):
 
     def data_transform(self) -> PrepareTrainingItem:
         """The trainer runs this on every training item in its data-loader workers."""
-        c = self.config
         category_ids = {i: self.categories.to_contiguous(i) for i in self.categories.ids}
-        return PrepareTrainingItem(self.labels, category_ids, c.min_size, c.max_size, c.relation_overlap_threshold)
+        return PrepareTrainingItem(self.labels, category_ids, self.sizing, self.training_settings.overlap_threshold)
 
     def forward(self, batch: Sequence[dict[str, Any]]) -> dict[str, Tensor]:
-        """Dataset items (``image`` uint8 [3, H, W], ``panoptic``, optional ``instances``; ``sognet``
-        when :meth:`data_transform` made it) -> the weighted losses: Mask R-CNN's five
-        (``loss_objectness``, ``loss_rpn_box_reg``, ``loss_classifier``, ``loss_box_reg``,
-        ``loss_mask``), ``loss_sem_seg``, ``loss_sem_roi``, and unless ``panoptic: heuristic``
-        ``loss_panoptic`` (+ ``loss_relation`` for SOGNet)."""
-        c = self.config
-        prepare = self.data_transform()
-        items = [item if "sognet" in item else prepare(item) for item in batch]
-        images = self._preprocess([item["image"].to(self.device).float() for item in items])
-        targets = [_to_device(item["sognet"], self.device) for item in items]
+        """Dataset items (``image`` uint8 [3, H, W] at input size and ``targets``, both from
+        :meth:`data_transform`) -> the weighted losses: Mask R-CNN's five (``loss_objectness``,
+        ``loss_rpn_box_reg``, ``loss_classifier``, ``loss_box_reg``, ``loss_mask``), ``loss_sem_seg``,
+        ``loss_sem_roi``, and unless ``panoptic: heuristic`` ``loss_panoptic`` (+ ``loss_relation``
+        for SOGNet)."""
+        settings = self.training_settings
+        targets = [_to_device(t, self.device) for t in training_targets(batch)]
+        images = self._preprocess([item["image"].to(self.device).float() for item in batch])
         height, width = images.tensors.shape[-2:]
 
         features = self.detector.backbone(images.tensors)
         detector_targets = [{"boxes": t["boxes"], "labels": t["labels"] + 1, "masks": t["masks"]} for t in targets]
         losses = {
-            name: c.detector_loss_weight * value
+            name: settings.detector_loss_weight * value
             for name, value in detector_losses(self.detector, images, features, detector_targets).items()
         }
         semantic, fused = self.semantic_head([features[level] for level in FPN_LEVELS])
         semantic_target = torch.stack([pad_to(t["semantic"].long(), height, width, IGNORE_LABEL) for t in targets])
-        losses["loss_sem_seg"] = c.semantic_loss_weight * semantic_loss(semantic, semantic_target)
+        losses["loss_sem_seg"] = settings.semantic_loss_weight * semantic_loss(semantic, semantic_target)
         boxes = [t["boxes"] for t in targets]
-        losses["loss_sem_roi"] = c.semantic_roi_loss_weight * semantic_roi_loss(
+        losses["loss_sem_roi"] = settings.semantic_roi_loss_weight * semantic_roi_loss(
             fused, self.semantic_head.classifier, boxes, semantic_target
         )
-        if c.panoptic != "heuristic":
+        if settings.panoptic_loss:
             panoptic, relation = self._panoptic_losses(features, semantic, targets, images)
-            losses["loss_panoptic"] = c.panoptic_loss_weight * panoptic
+            losses["loss_panoptic"] = settings.panoptic_loss_weight * panoptic
             if self.relation is not None:
-                losses["loss_relation"] = c.relation_loss_weight * relation
+                losses["loss_relation"] = settings.relation_loss_weight * relation
         return losses
 
     def _panoptic_losses(
@@ -182,13 +181,15 @@ class SOGNet(nn.Module):
             if self.relation is not None:
                 masks, relation = self._resolve(masks, labels, boxes[b], appearance[b], t["relation"][k][:, k])
                 relation_losses.append(relation)
-            logits = self._panoptic_logits(semantic[b], masks, labels, canvas_boxes, x2mask=self.config.train_x2mask)
+            logits = self._panoptic_logits(
+                semantic[b], masks, labels, canvas_boxes, x2mask=self.training_settings.x2mask, unknown=self.training_settings.unknown_class
+            )
             target = panoptic_target(
                 stride4_id_map(t["id_map"], height, width),
                 t["segment_labels"],
                 self.labels.stuff_channel,
                 t["segment_ids"][k],
-                unknown_segment_ids=self._unknown_segments(t, k) if self.config.use_unknown_class else (),
+                unknown_segment_ids=self._unknown_segments(t, k) if self.training_settings.unknown_class else (),
             )
             panoptic_losses.append(panoptic_loss(logits, target))
         relation = torch.stack(relation_losses).mean() if relation_losses else semantic.sum() * 0.0
@@ -197,9 +198,9 @@ class SOGNet(nn.Module):
     def _panoptic_instances(self, n: int) -> Tensor:
         """The GT instances that get a panoptic channel: all, or with UPSNet's unknown class a
         random ``floor(keep_fraction * n)`` (at least 1) of them, in index order."""
-        if not self.config.use_unknown_class or n == 0:
+        if not self.training_settings.unknown_class or n == 0:
             return torch.arange(n, device=self.device)
-        keep = max(1, int(self.config.unknown_keep_fraction * n))
+        keep = max(1, int(self.training_settings.unknown_keep_fraction * n))
         return torch.randperm(n, device=self.device)[:keep].sort().values
 
     def _unknown_segments(self, targets: dict[str, Any], kept: Tensor) -> list[int]:
@@ -243,66 +244,47 @@ class SOGNet(nn.Module):
             resolved = remove_overlaps(masks[subset], relation)
         return masks.index_copy(0, subset, resolved), loss
 
-    def _panoptic_logits(self, semantic: Tensor, masks: Tensor, labels: Tensor, boxes: Tensor, *, x2mask: bool) -> Tensor:
+    def _panoptic_logits(
+        self, semantic: Tensor, masks: Tensor, labels: Tensor, boxes: Tensor, *, x2mask: bool, unknown: bool
+    ) -> Tensor:
         """``[stuff ; instances (; unknown)]`` on the canvas of ``semantic`` [C, H, W]; ``masks`` the
         resolved mask logits [N, H, W], ``labels`` thing indices, ``boxes`` in canvas pixels."""
         instance_semantic = crop_to_boxes(semantic[self.labels.thing_contiguous(labels)], boxes)
-        unknown = None
-        if self.config.use_unknown_class:
-            unknown = unknown_logits(semantic[self.labels.things], instance_semantic)
+        unknown_channel = unknown_logits(semantic[self.labels.things], instance_semantic) if unknown else None
         return panoptic_logits(
-            semantic[self.labels.stuff], instance_semantic, masks, x2mask=x2mask, unknown_logits=unknown
+            semantic[self.labels.stuff], instance_semantic, masks, x2mask=x2mask, unknown_logits=unknown_channel
         )
 
     # -- inference -------------------------------------------------------------------------
 
-    @torch.no_grad()
-    def predict(
-        self,
-        images: ImageInput | Sequence[ImageInput],
-        *,
-        tta_scales: Sequence[float] = (1.0,),
-        tta_flip: bool = False,
-    ) -> list[PanopticResult]:
+    def predict(self, images: ImageInput | Sequence[ImageInput]) -> list[PanopticResult]:
         """Panoptic segmentation of one image or several.
 
         Args:
             images: a path, PIL image, uint8 numpy array [H, W, 3], tensor [3, H, W] or
                 [B, 3, H, W] (RGB, 0..255), or a list of these.
-            tta_scales, tta_flip: must stay at their defaults (SOGNet has no test-time
-                augmentation; asking for one raises InputError rather than ignore it).
 
         Returns:
             One result per image at its own size; segments carry dataset category ids, thing
             segments their detection score.
         """
-        if tuple(tta_scales) != (1.0,) or tta_flip:
-            raise InputError(
-                f"SOGNet has no test-time augmentation: set test.tta_scales=[1.0] and test.tta_flip=false "
-                f"(got {list(tta_scales)}, {tta_flip})"
-            )
-        was_training = self.training
-        self.eval()
-        try:
+        with inference_mode(self):
             return [self._predict_one(image) for image in as_image_tensors(images)]
-        finally:
-            self.train(was_training)
 
     def _predict_one(self, image: Tensor) -> PanopticResult:
-        c = self.config
+        s = self.inference
         height, width = image.shape[-2:]
         images = self._preprocess([self._resize(image.to(self.device))])
         features = self.detector.backbone(images.tensors)
         semantic, _ = self.semantic_head([features[level] for level in FPN_LEVELS])
-        heuristic = c.panoptic == "heuristic"
         detections = detect(
             self.detector,
             images,
             features,
-            score_threshold=c.heuristic_score_threshold if heuristic else c.score_threshold,
-            nms_threshold=c.heuristic_nms_threshold if heuristic else c.nms_threshold,
-            max_detections=c.max_instances,
-            class_agnostic=not heuristic,
+            score_threshold=s.score_threshold,
+            nms_threshold=s.nms_threshold,
+            max_detections=s.max_instances,
+            class_agnostic=s.class_agnostic,
         )[0]
         mask_logits, appearance = mask_head_outputs(
             self.detector, features, [detections["boxes"]], [detections["labels"]], images.image_sizes
@@ -318,33 +300,28 @@ class SOGNet(nn.Module):
         masks = paste_mask_logits(mask_logits[0], boxes, height, width)
         contiguous = self.labels.thing_contiguous(labels)
 
-        if heuristic:
-            instance, category = heuristic_assignment(
-                masks > 0, semantic_argmax, self.labels, min_unoccupied=c.heuristic_min_unoccupied
-            )
+        if s.merge == "heuristic":
+            instance, category = heuristic_assignment(masks > 0, semantic_argmax, self.labels, min_unoccupied=s.min_unoccupied)
         else:
-            keep = same_class_removal(masks > 0, labels, c.same_class_overlap)
+            keep = same_class_removal(masks > 0, labels, s.same_class_overlap)
             masks, labels, contiguous, scores = masks[keep], labels[keep], contiguous[keep], scores[keep]
             boxes, input_boxes, appearance = boxes[keep], input_boxes[keep], appearance[0][keep]
             if self.relation is not None:
-                overlap = overlap_graph(masks > 0, c.relation_overlap_threshold)
-                masks, _ = self._resolve(
-                    masks, labels, input_boxes, appearance, overlap, pairwise=c.relation_inference == "pairwise"
-                )
-            logits = self._panoptic_logits(semantic, masks, labels, boxes, x2mask=c.use_x2mask_at_test)
+                overlap = overlap_graph(masks > 0, s.overlap_threshold)
+                masks, _ = self._resolve(masks, labels, input_boxes, appearance, overlap, pairwise=s.pairwise_relation)
+            logits = self._panoptic_logits(semantic, masks, labels, boxes, x2mask=s.x2mask, unknown=s.unknown_class)
             instance, category = panoptic_assignment(
                 logits,
                 semantic_argmax,
                 contiguous,
                 self.labels,
-                relabel_fraction=c.relabel_fraction,
-                has_unknown=c.use_unknown_class,
+                relabel_fraction=s.relabel_fraction,
+                has_unknown=s.unknown_class,
             )
-        category = remove_small_stuff(instance, category, c.stuff_area)
+        category = remove_small_stuff(instance, category, s.stuff_area)
         return assemble_result(instance, category, contiguous, scores, self.categories)
 
-    @torch.no_grad()
-    def predict_relations(self, image: ImageInput, boxes: Tensor, labels: Tensor) -> Tensor | None:
+    def predict_relations(self, image: ImageInput, boxes: Tensor, labels: Tensor) -> Tensor:
         """The overlap relation O of given instances (GT boxes and classes, for the metric).
 
         Args:
@@ -353,17 +330,14 @@ class SOGNet(nn.Module):
             labels: int64 [N], contiguous ids of thing categories.
 
         Returns:
-            float [N, N] on the CPU, ``O_ij > 0`` where j is in front of i; None when the model
-            has no relation module (``panoptic: upsnet | heuristic``).
+            float [N, N] on the CPU, ``O_ij > 0`` where j is in front of i.
         """
         if self.relation is None:
-            return None
-        was_training = self.training
-        self.eval()
-        try:
+            raise ValueError("this model has no relation module (panoptic: upsnet | heuristic)")
+        with inference_mode(self):
             image = as_image_tensors(image)[0].to(self.device)
             height, width = image.shape[-2:]
-            input_h, input_w = input_size(height, width, self.config.min_size, self.config.max_size)
+            input_h, input_w = self.sizing.input_size(height, width)
             scale = torch.tensor([input_w / width, input_h / height] * 2, device=self.device)
             input_boxes = boxes.to(self.device, torch.float32) * scale
             things = self.labels.thing_index(labels.to(self.device))
@@ -374,20 +348,22 @@ class SOGNet(nn.Module):
                 _, pooled = mask_head_outputs(self.detector, features, [input_boxes], [things + 1], images.image_sizes)
                 appearance = pooled[0]
             return self.relation(things, input_boxes, appearance).cpu()
-        finally:
-            self.train(was_training)
+
+    def evaluators(self) -> list[Evaluator]:
+        """With a relation module: the overlap-relation metric on the items' GT instances."""
+        return [] if self.relation is None else [OverlapRelationEvaluator(self.predict_relations)]
 
     # -- input -------------------------------------------------------------------------------
 
     def _resize(self, image: Tensor) -> Tensor:
-        """float [3, H, W] -> the input size of :func:`~.targets.input_size`."""
-        return resize_image(image, input_size(*image.shape[-2:], self.config.min_size, self.config.max_size))
+        """float [3, H, W] -> the network's input size (:meth:`~.settings.InputSizing.input_size`)."""
+        return resize_image(image, self.sizing.input_size(*image.shape[-2:]))
 
     def _preprocess(self, images: list[Tensor]) -> ImageList:
         """float [3, h, w] RGB 0..255 images at input size -> normalised, zero-padded batch
         (height and width multiples of ``size_divisibility``) with the sizes before padding."""
         sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
-        height, width = padded_size(sizes, self.config.size_divisibility)
+        height, width = padded_size(sizes, self.sizing.size_divisibility)
         batch = torch.stack([pad_to((im - self.pixel_mean) / self.pixel_std, height, width, 0.0) for im in images])
         return ImageList(batch, sizes)
 
@@ -395,9 +371,9 @@ class SOGNet(nn.Module):
 def build_sognet_model(config: SOGNetConfig, categories: Categories) -> SOGNet:
     """The model of a ``model.sognet`` config section for these categories.
 
-    Raises InputError for a config value that cannot work (see :func:`check_sognet_config`).
+    Raises InputError for a config value that cannot work (``SOGNetConfig.problems``).
     """
-    check_sognet_config(config)
+    check_section(config, "model.sognet.")
     labels = LabelSpace(categories)
     detector = build_detector(config, labels.num_things)
     semantic_head = SemanticHead(
@@ -412,7 +388,8 @@ def build_sognet_model(config: SOGNetConfig, categories: Categories) -> SOGNet:
             appearance_channels=config.relation_appearance_channels,
             appearance_in_channels=config.mask_head_channels,
         )
-    return SOGNet(detector, semantic_head, relation, categories, config)
+    sizing, training, inference = resolve_settings(config)
+    return SOGNet(detector, semantic_head, relation, categories, sizing, training, inference)
 
 
 def _to_device(targets: dict[str, Any], device: torch.device) -> dict[str, Any]:

@@ -11,10 +11,10 @@ pixel. Because ``X_i * s_i`` does not depend on j, (1) factorises exactly into
 
     X~ = X - X * s * (O @ s)                                                       (2)
 
-which needs O(N H W) memory instead of the [N, N, H, W] tensor (1) builds.
+which needs O(N H W) memory instead of the [N, N, H, W] tensor (1) builds ((1) as written is
+the test oracle ``tests/oracles/overlap_removal_naive.py``, which the benchmark measures too).
 
 * :func:`remove_overlaps` — (2); the one to use, at training and at test.
-* :func:`remove_overlaps_naive` — (1) as written, for tests and the benchmark.
 * :func:`remove_overlaps_pairwise` — the released inference: a sequential loop over pairs, each
   applying (2) to two instances with the current (already updated) logits. Order-dependent and
   different from (2); kept for parity checks.
@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 
-def _check_shapes(mask_logits: Tensor, relation: Tensor) -> None:
+def check_shapes(mask_logits: Tensor, relation: Tensor) -> None:
     if mask_logits.dim() not in (3, 4):
         raise ValueError(f"mask_logits must be [N, H, W] or [B, N, H, W], got {tuple(mask_logits.shape)}")
     n = mask_logits.shape[-3]
@@ -51,7 +51,7 @@ def remove_overlaps(mask_logits: Tensor, relation: Tensor) -> Tensor:
     Returns:
         float, the shape of ``mask_logits``.
     """
-    _check_shapes(mask_logits, relation)
+    check_shapes(mask_logits, relation)
     relation = relation.to(mask_logits.dtype)
     probs = torch.sigmoid(mask_logits)
     if mask_logits.dim() == 3:
@@ -61,20 +61,6 @@ def remove_overlaps(mask_logits: Tensor, relation: Tensor) -> Tensor:
     else:
         occluders = torch.einsum("bij,bjhw->bihw", relation, probs)
     return mask_logits - mask_logits * probs * occluders
-
-
-def remove_overlaps_naive(mask_logits: Tensor, relation: Tensor) -> Tensor:
-    """The same result through the [N, N, H, W] (or [B, N, N, H, W]) broadcast of (1).
-
-    Memory grows with N^2 H W: for tests and the benchmark only.
-    """
-    _check_shapes(mask_logits, relation)
-    relation = relation.to(mask_logits.dtype)
-    probs = torch.sigmoid(mask_logits)
-    own = (mask_logits * probs).unsqueeze(-3)  # [..., N, 1, H, W]: X_i s_i
-    other = probs.unsqueeze(-4)  # [..., 1, N, H, W]: s_j
-    overlap = own * other * relation[..., :, :, None, None]  # [..., N, N, H, W]
-    return mask_logits - overlap.sum(dim=-3)
 
 
 def remove_overlaps_pairwise(mask_logits: Tensor, pair_relation: Callable[[int, int], Tensor]) -> Tensor:

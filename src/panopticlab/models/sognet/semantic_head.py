@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import DeformConv2d, roi_align
 
-IGNORE_LABEL = 255
+from panopticlab.models.common import IGNORE_LABEL
 
 
 class DeformableConvLayer(nn.Module):

@@ -2,7 +2,7 @@
 
 :class:`PrepareTrainingItem` is the model's ``data_transform``: it runs in the loader's worker
 processes after the augmentation, resizes the item to the network's input size (short side
-``min_size``, long side at most ``max_size``) and adds ``item["sognet"]``:
+``min_size``, long side at most ``max_size``) and adds ``item["targets"]``:
 
 * ``semantic``: uint8 [H, W], contiguous category ids of the visible segments, 255 = VOID;
 * ``id_map``: int32 [H, W], the panoptic segment ids (for the panoptic target at stride 4);
@@ -33,21 +33,12 @@ from torch import Tensor
 
 from panopticlab.data.transforms import resize
 from panopticlab.masks import masks_to_boxes, overlap_graph
+from panopticlab.models.base import TARGETS
+from panopticlab.models.common import IGNORE_LABEL
 from panopticlab.models.sognet.labels import LabelSpace
-
-IGNORE_LABEL = 255
-#: torchvision's ImageNet normalisation, on 0..255 RGB
-PIXEL_MEAN = (123.675, 116.28, 103.53)
-PIXEL_STD = (58.395, 57.12, 57.375)
+from panopticlab.models.sognet.settings import InputSizing
 
 Item = dict[str, Any]
-
-
-def input_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
-    """The network's input size for an image: short side ``min_size`` unless the long side
-    would then exceed ``max_size`` (torchvision's rule; sizes rounded to the nearest pixel)."""
-    scale = min(min_size / min(height, width), max_size / max(height, width))
-    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 def resize_image(image: Tensor, size: tuple[int, int]) -> Tensor:
@@ -70,30 +61,30 @@ def padded_size(sizes: list[tuple[int, int]], divisibility: int) -> tuple[int, i
 
 
 class PrepareTrainingItem:
-    """``item -> item`` resized to the input size, with ``item["sognet"]`` (see the module docstring).
+    """``item -> item`` resized to the input size, with ``item["targets"]`` (see the module docstring).
 
     Picklable, so it runs in data-loader workers (the model's ``data_transform``).
 
     Args:
         labels: the label spaces of the model's categories.
         category_ids: dataset category id -> contiguous id.
-        min_size, max_size: the input sizing rule (:func:`input_size`).
+        sizing: the input sizing rule.
         overlap_threshold: the relation ground truth's overlap fraction.
     """
 
-    def __init__(self, labels: LabelSpace, category_ids: dict[int, int], min_size: int, max_size: int, overlap_threshold: float):
+    def __init__(self, labels: LabelSpace, category_ids: dict[int, int], sizing: InputSizing, overlap_threshold: float):
         self.labels = labels
         self.category_ids = category_ids
-        self.min_size, self.max_size = min_size, max_size
+        self.sizing = sizing
         self.overlap_threshold = overlap_threshold
 
     def __call__(self, item: Item) -> Item:
         height, width = item["image"].shape[-2:]
-        size = input_size(height, width, self.min_size, self.max_size)
+        size = self.sizing.input_size(height, width)
         if size != (height, width):
             item = resize(item, size)
         item = dict(item)
-        item["sognet"] = training_targets(item, self.labels, self.category_ids, self.overlap_threshold)
+        item[TARGETS] = training_targets(item, self.labels, self.category_ids, self.overlap_threshold)
         return item
 
 

@@ -1,42 +1,23 @@
-"""The built-in dataset: overlapping shapes on textured stuff, with occlusions known exactly.
+"""One scene of the overlapping-shapes dataset, drawn in memory: the categories, the
+generator's knobs (:class:`ShapesConfig`) and :func:`generate_sample`.
 
-Each image is a scene of large *stuff* regions (sky, grass, water, wall, sand: a warped
-Voronoi partition, each class with its own texture and per-image jittered colours) and
-*things* in front of them (circle, square, triangle, star, ring, hexagon of random size,
-rotation, colour and texture). Things are painted back to front, so where they overlap the
-front one is visible; their full (*amodal*) masks and depth order are kept, so the exact
-occlusion graph of every image is known. Crowd clumps (several small things of one class
-labelled as one ``iscrowd`` segment) and VOID pixels (a border band, noise blobs) exercise
-the remaining rules of panoptic evaluation.
-
-:func:`generate_sample` makes one image in memory; :func:`generate_split` writes a COCO
-panoptic split plus ``instances.json`` (amodal masks as RLE, depth, link to the visible
-segment). Everything is deterministic for a seed, whatever the number of worker processes:
-image ``index`` draws from its own ``np.random.SeedSequence([seed, index])``.
-See docs/synthetic.md for the files, their fields and the invariants.
+Stuff is a warped Voronoi partition, each class with its own texture; things are placed back
+to front (overlapping an earlier one with probability ``overlap``) and painted in colours that
+stand out from what lies behind them; crowd clumps and VOID are added last. Image ``index`` of
+seed ``seed`` draws from its own ``np.random.SeedSequence([seed, index])``.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import re
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
-from itertools import combinations
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
-from pycocotools import mask as mask_utils
 
-from panopticlab.data.coco_panoptic import panoptic_annotation, write_panoptic_json, write_panoptic_png
 from panopticlab.errors import InputError
-from panopticlab.fileio import read_json, write_json
-from panopticlab.parallel import imap_processes, usable_cpus
 from panopticlab.structures import VOID_ID, PanopticResult
 
 #: Bumped whenever the same seed and config would produce different files.
@@ -585,205 +566,3 @@ def _void_mask(rng: np.random.Generator, config: ShapesConfig) -> np.ndarray:
             draw.polygon(_polygon(center, radii, 0.0), fill=1)
         void |= np.asarray(canvas)
     return void
-
-
-# --------------------------------------------------------------------------------------
-# Occlusions
-# --------------------------------------------------------------------------------------
-
-
-def occlusion_pairs(instances: list[ShapeInstance]) -> list[tuple[int, int]]:
-    """Pairs ``(front_index, back_index)`` of non-crowd things whose amodal masks overlap.
-
-    Indices are positions in ``instances``; ``front`` has the smaller depth. Where the two
-    masks overlap, the front one is visible (or something further in front, or VOID).
-    """
-    shapes = [k for k, inst in enumerate(instances) if not inst.iscrowd]
-    pairs = []
-    for a, b in combinations(shapes, 2):
-        if np.any(instances[a].mask & instances[b].mask):
-            pairs.append((a, b) if instances[a].depth < instances[b].depth else (b, a))
-    return pairs
-
-
-def iter_split_instances(
-    split_dir: str | os.PathLike,
-) -> Iterator[tuple[dict[str, Any], list[ShapeInstance]]]:
-    """Read a written split's ``instances.json``: per image (in file order) its image entry
-    and its instances, front to back, with the amodal masks decoded from RLE."""
-    json_file = Path(split_dir) / "instances.json"
-    document = read_json(json_file)
-    try:
-        by_image: dict[Any, list[ShapeInstance]] = {img["id"]: [] for img in document["images"]}
-        for ann in document["annotations"]:
-            rle = {"size": ann["segmentation"]["size"], "counts": ann["segmentation"]["counts"].encode("ascii")}
-            by_image[ann["image_id"]].append(
-                ShapeInstance(
-                    mask=mask_utils.decode(rle).astype(bool),
-                    category_id=int(ann["category_id"]),
-                    depth=int(ann["depth"]),
-                    iscrowd=bool(ann["iscrowd"]),
-                    panoptic_segment_id=ann["panoptic_segment_id"],
-                )
-            )
-    except (KeyError, TypeError, AttributeError) as e:
-        raise InputError(f"{json_file}: not an overlapping-shapes instances file ({e!r})") from None
-    for img in document["images"]:
-        yield img, sorted(by_image[img["id"]], key=lambda inst: inst.depth)
-
-
-def count_occlusion_pairs(split_dir: str | os.PathLike) -> int:
-    """Number of overlapping (front, back) thing pairs in a written split (see :func:`occlusion_pairs`)."""
-    return sum(len(occlusion_pairs(instances)) for _, instances in iter_split_instances(split_dir))
-
-
-# --------------------------------------------------------------------------------------
-# A split on disk
-# --------------------------------------------------------------------------------------
-
-
-def generate_split(
-    out_dir: str | os.PathLike,
-    num_images: int,
-    config: ShapesConfig = ShapesConfig(),
-    *,
-    seed: int = 0,
-    split: str = "train",
-    workers: int | None = None,
-    overwrite: bool = False,
-    progress: Callable[[int, int], None] | None = None,
-) -> Path:
-    """Generate ``num_images`` images and write them as ``out_dir/split``.
-
-    Writes ``images/<name>.png``, ``panoptic/<name>.png``, ``panoptic.json`` and
-    ``instances.json`` (see docs/synthetic.md) into a temporary folder beside the
-    destination, and renames it into place only when complete: an error leaves nothing
-    behind, and an existing split is replaced (with ``overwrite=True``) only then.
-
-    Args:
-        out_dir: parent folder of the split.
-        num_images: images to generate; image ``k`` is ``generate_sample(config, seed, k)``,
-            with image id ``k + 1`` (COCO tools treat id 0 as "none").
-        config: the generator's knobs.
-        seed: the files are byte-identical for the same seed, config and version,
-            whatever ``workers`` is.
-        split: name of the split folder.
-        workers: processes to generate with; None = one per usable CPU, 1 = in this process.
-        overwrite: replace an existing ``out_dir/split`` instead of raising InputError.
-        progress: called as ``progress(done, total)`` after each image.
-
-    Returns:
-        The split folder.
-    """
-    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", split):
-        raise InputError(f"split name {split!r}: use letters, digits, '_', '-' and '.' only")
-    if num_images < 1:
-        raise InputError(f"num_images must be at least 1, got {num_images}")
-    if seed < 0:
-        raise InputError(f"seed must be >= 0, got {seed}")
-    if workers is not None and workers < 1:
-        raise InputError(f"workers must be at least 1, got {workers}")
-    destination = Path(out_dir) / split
-    if destination.exists() and not overwrite:
-        raise InputError(f"{destination}: already exists (pass overwrite=True to replace it)")
-    if destination.exists() and not destination.is_dir():
-        raise InputError(f"{destination}: exists and is not a folder")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{split}.", suffix=".partial", dir=destination.parent))
-    try:
-        (staging / "images").mkdir()
-        (staging / "panoptic").mkdir()
-        jobs = [(config, seed, index, str(staging)) for index in range(num_images)]
-        records = []
-        for record in _run_jobs(jobs, workers):
-            records.append(record)
-            if progress is not None:
-                progress(len(records), num_images)
-        _write_split_json(staging, records, config, seed, split)
-        _move_into_place(staging, destination, overwrite)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return destination
-
-
-def _run_jobs(jobs: list[tuple[ShapesConfig, int, int, str]], workers: int | None) -> Iterator[dict[str, Any]]:
-    """Yield ``_generate_and_write(job)`` for each job, in order, in ``workers`` processes."""
-    workers = min(workers or usable_cpus(), len(jobs))
-    chunksize = max(1, min(16, len(jobs) // (4 * workers)))
-    yield from imap_processes(_generate_and_write, jobs, workers, chunksize)
-
-
-def _generate_and_write(job: tuple[ShapesConfig, int, int, str]) -> dict[str, Any]:
-    """Generate one image, write its image and panoptic PNG, and return its JSON entries:
-    ``{"image": ..., "panoptic": ..., "instances": [...]}`` (instances without ids yet)."""
-    config, seed, index, folder = job
-    sample = generate_sample(config, seed, index)
-    image_id = index + 1
-    name = f"{image_id:06d}.png"
-    # PNG, not JPEG: lossless, so every image pixel agrees with its label (JPEG blurs colour
-    # across the exact edges this dataset is about).
-    Image.fromarray(sample.image).save(Path(folder) / "images" / name, compress_level=1)
-    write_panoptic_png(Path(folder) / "panoptic" / name, sample.panoptic.id_map)
-    return {
-        "image": {"id": image_id, "file_name": name, "height": config.height, "width": config.width},
-        "panoptic": panoptic_annotation(image_id, name, sample.panoptic),
-        "instances": [_instance_annotation(image_id, inst) for inst in sample.instances],
-    }
-
-
-def _instance_annotation(image_id: int, instance: ShapeInstance) -> dict[str, Any]:
-    """COCO detection entry of one thing: amodal RLE, its area and bbox, depth and visible segment."""
-    rle = mask_utils.encode(np.asfortranarray(instance.mask, dtype=np.uint8))
-    return {
-        "image_id": image_id,
-        "category_id": instance.category_id,
-        "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
-        "area": int(mask_utils.area(rle)),
-        "bbox": [int(v) for v in mask_utils.toBbox(rle)],
-        "iscrowd": int(instance.iscrowd),
-        "depth": instance.depth,
-        "panoptic_segment_id": instance.panoptic_segment_id,
-    }
-
-
-def _write_split_json(
-    folder: Path, records: list[dict[str, Any]], config: ShapesConfig, seed: int, split: str
-) -> None:
-    """Write ``panoptic.json`` and ``instances.json``; annotation ids run 1, 2, ... over the split."""
-    info = {
-        "description": "panopticlab overlapping shapes",
-        "generator": "panopticlab.data.synthetic",
-        "generator_version": GENERATOR_VERSION,
-        "seed": seed,
-        "split": split,
-        "num_images": len(records),
-        "config": asdict(config),
-    }
-    images = [r["image"] for r in records]
-    panoptic = [r["panoptic"] for r in records]
-    write_panoptic_json(folder / "panoptic.json", images, panoptic, SHAPES_CATEGORIES, info=info)
-    instances = [inst for r in records for inst in r["instances"]]
-    for annotation_id, inst in enumerate(instances, start=1):
-        inst["id"] = annotation_id
-    things = [c for c in SHAPES_CATEGORIES if c["isthing"]]
-    document = {"info": info, "images": images, "annotations": instances, "categories": things}
-    write_json(folder / "instances.json", document)
-
-
-def _move_into_place(staging: Path, destination: Path, overwrite: bool) -> None:
-    """Rename the finished ``staging`` folder to ``destination``, replacing an existing one
-    only if ``overwrite``; the old folder is kept until the new one is in place."""
-    if not destination.exists():
-        os.rename(staging, destination)
-        return
-    if not overwrite:  # it appeared while we were generating
-        raise InputError(f"{destination}: already exists (pass overwrite=True to replace it)")
-    old = staging.with_suffix(".old")
-    os.rename(destination, old)
-    try:
-        os.rename(staging, destination)
-    except BaseException:
-        os.rename(old, destination)
-        raise
-    shutil.rmtree(old)

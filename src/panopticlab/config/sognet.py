@@ -10,7 +10,8 @@ candidate set (score > 0.6, NMS 0.5, at most 100), 30 % same-class mask removal,
 ``panoptic`` picks the method: ``sognet``; ``upsnet`` (the same network without the relation
 module, UPSNet's unknown class on, ``Y + X`` instance logits at test too); ``heuristic`` (Mask
 R-CNN + semantic head trained on their own losses, merged Panoptic-FPN style at test).
-The switches left at ``None`` take the published setting of the chosen method.
+The switches left at ``None`` take the published setting of the chosen method; the model's
+builder resolves them once (``models/sognet/settings.py``).
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from panopticlab.errors import InputError
+from panopticlab.config.loading import Section
 
 Method = Literal["sognet", "upsnet", "heuristic"]
 
 
 @dataclass
-class SOGNetConfig:
+class SOGNetConfig(Section):
     #: the panoptic method: sognet | upsnet | heuristic (see the module docstring)
     panoptic: Method = "sognet"
 
@@ -98,8 +99,9 @@ class SOGNetConfig:
     relation_loss_weight: float = 1.0
 
     # -- inference (inference.py) --------------------------------------------------------------
-    #: sognet / upsnet candidate instances: every (box, class) with probability > score_threshold,
-    #: class-agnostic NMS at nms_threshold, at most max_instances
+    #: the instances of every method: each (box, class) with probability > score_threshold, NMS at
+    #: nms_threshold (class-agnostic for sognet / upsnet, per class for the heuristic merge, as
+    #: torchvision's detections), at most max_instances
     score_threshold: float = 0.6
     nms_threshold: float = 0.5
     max_instances: int = 100
@@ -110,11 +112,46 @@ class SOGNetConfig:
     relabel_fraction: float = 0.5
     #: stuff segments smaller than this (pixels at the image's own resolution) become VOID
     stuff_area: int = 4096
-    #: heuristic merge: torchvision's per-class detections (NMS heuristic_nms_threshold), kept
-    #: from heuristic_score_threshold on, each when at least heuristic_min_unoccupied of its mask is free
-    heuristic_score_threshold: float = 0.6
-    heuristic_nms_threshold: float = 0.5
+    #: heuristic merge: an instance (highest score first) takes its free pixels when at least
+    #: this fraction of its mask is free
     heuristic_min_unoccupied: float = 0.7
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = []
+        b = self.backbone
+        if not (b in ("resnet50", "resnet101") or (b.startswith("timm:") and len(b) > 5)):
+            found.append(("backbone", "must be resnet50, resnet101 or timm:<model name>"))
+        if not 0 <= self.trainable_layers <= 5:
+            found.append(("trainable_layers", "must lie in 0..5"))
+        if len(self.anchor_sizes) != 5 or min(self.anchor_sizes) <= 0:
+            found.append(("anchor_sizes", "needs 5 positive sizes, one per level P2..P6"))
+        if not self.anchor_aspect_ratios or min(self.anchor_aspect_ratios) <= 0:
+            found.append(("anchor_aspect_ratios", "needs positive ratios"))
+        if self.min_size < 1 or self.max_size < self.min_size:
+            found.append(("max_size", f"must be >= min_size ({self.min_size}) >= 1"))
+        if self.size_divisibility < 32 or self.size_divisibility % 32:
+            found.append(("size_divisibility", "must be a multiple of 32 (the stride of P5)"))
+        positive = [
+            "fpn_channels", "rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_pre_nms_top_n_test",
+            "rpn_post_nms_top_n_test", "rpn_batch_size_per_image", "box_batch_size_per_image",
+            "box_head_channels", "mask_head_channels", "semantic_num_layers", "semantic_channels",
+            "relation_category_channels", "relation_geometry_channels", "max_instances",
+        ]  # fmt: skip
+        found += [(key, "must be at least 1") for key in positive if getattr(self, key) < 1]
+        if self.relation_appearance_channels < 0:
+            found.append(("relation_appearance_channels", "must be >= 0 (0 = off)"))
+        fractions = [
+            "rpn_nms_threshold", "box_positive_fraction", "relation_overlap_threshold", "unknown_keep_fraction",
+            "score_threshold", "nms_threshold", "same_class_overlap", "relabel_fraction", "heuristic_min_unoccupied",
+        ]  # fmt: skip
+        found += [(key, "must lie in [0, 1]") for key in fractions if not 0 <= getattr(self, key) <= 1]
+        if self.relation_overlap_threshold == 0:
+            found.append(("relation_overlap_threshold", "must be > 0 (0 would relate instances that do not touch)"))
+        if self.stuff_area < 0:
+            found.append(("stuff_area", "must be >= 0"))
+        weights = ("detector", "semantic", "semantic_roi", "panoptic", "relation")
+        found += [(f"{w}_loss_weight", "must be >= 0") for w in weights if getattr(self, f"{w}_loss_weight") < 0]
+        return found
 
     @property
     def use_relation(self) -> bool:
@@ -127,51 +164,3 @@ class SOGNetConfig:
     @property
     def use_unknown_class(self) -> bool:
         return self.panoptic == "upsnet" if self.unknown_class is None else self.unknown_class
-
-
-def check_sognet_config(config: SOGNetConfig, where: str = "model.sognet") -> None:
-    """Raise :class:`InputError` naming the key when a value cannot work."""
-
-    def fail(key: str, problem: str) -> None:
-        raise InputError(f"{where}.{key}: {problem}, got {getattr(config, key)!r}")
-
-    b = config.backbone
-    if not (b in ("resnet50", "resnet101") or (b.startswith("timm:") and len(b) > 5)):
-        fail("backbone", "must be resnet50, resnet101 or timm:<model name>")
-    if not 0 <= config.trainable_layers <= 5:
-        fail("trainable_layers", "must lie in 0..5")
-    if len(config.anchor_sizes) != 5 or min(config.anchor_sizes) <= 0:
-        fail("anchor_sizes", "needs 5 positive sizes, one per level P2..P6")
-    if not config.anchor_aspect_ratios or min(config.anchor_aspect_ratios) <= 0:
-        fail("anchor_aspect_ratios", "needs positive ratios")
-    if config.min_size < 1 or config.max_size < config.min_size:
-        fail("max_size", f"must be >= min_size ({config.min_size}) >= 1")
-    if config.size_divisibility < 32 or config.size_divisibility % 32:
-        fail("size_divisibility", "must be a multiple of 32 (the stride of P5)")
-    positive = [
-        "fpn_channels", "rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_pre_nms_top_n_test",
-        "rpn_post_nms_top_n_test", "rpn_batch_size_per_image", "box_batch_size_per_image",
-        "box_head_channels", "mask_head_channels", "semantic_num_layers", "semantic_channels",
-        "relation_category_channels", "relation_geometry_channels", "max_instances",
-    ]
-    for key in positive:
-        if getattr(config, key) < 1:
-            fail(key, "must be at least 1")
-    if config.relation_appearance_channels < 0:
-        fail("relation_appearance_channels", "must be >= 0 (0 = off)")
-    fractions = [
-        "rpn_nms_threshold", "box_positive_fraction", "relation_overlap_threshold", "unknown_keep_fraction",
-        "score_threshold", "nms_threshold", "same_class_overlap", "relabel_fraction",
-        "heuristic_score_threshold", "heuristic_nms_threshold", "heuristic_min_unoccupied",
-    ]
-    for key in fractions:
-        if not 0 <= getattr(config, key) <= 1:
-            fail(key, "must lie in [0, 1]")
-    if config.relation_overlap_threshold == 0:
-        fail("relation_overlap_threshold", "must be > 0 (0 would relate instances that do not touch)")
-    if config.stuff_area < 0:
-        fail("stuff_area", "must be >= 0")
-    weights = ("detector", "semantic", "semantic_roi", "panoptic", "relation")
-    for key in (f"{name}_loss_weight" for name in weights):
-        if getattr(config, key) < 0:
-            fail(key, "must be >= 0")

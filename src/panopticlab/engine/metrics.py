@@ -1,6 +1,6 @@
-"""Where training reports go: JSON lines (always), TensorBoard scalars (when installed), a live bar.
+"""Where training metrics go: JSON lines (always) and TensorBoard scalars (when installed).
 
-Only the main process creates these; the others log nothing.
+Only the main process creates these; the others write nothing.
 """
 
 from __future__ import annotations
@@ -9,12 +9,8 @@ import json
 import math
 import os
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
-
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from typing import Any
 
 from panopticlab.evaluation.report import to_jsonable
 from panopticlab.fileio import atomic_path
@@ -88,30 +84,3 @@ def format_record(record: dict[str, Any], max_iter: int) -> str:
         f"iter {record['iteration']}/{max_iter}  loss {record['loss']:.4g} ({losses})  lr {record['lr']:.3g}  "
         f"{record['images_per_s']:.1f} img/s  data {100 * record['data_wait_share']:.0f}%"
     )
-
-
-@contextmanager
-def training_progress(
-    total: int, start: int, *, enabled: bool
-) -> Iterator[tuple[Callable[[int, str], None], Callable[[str], None]]]:
-    """Yield ``(update(iteration, status), say(text))``.
-
-    On a terminal (and ``enabled``): a bar with count, elapsed time, ETA and ``status``
-    (losses, images/s), ``say`` printing above it. Elsewhere: no bar, ``say`` prints lines.
-    """
-    console = Console(stderr=True)
-    if not (enabled and console.is_terminal):
-        yield (lambda iteration, status: None), print
-        return
-    columns = (
-        TextColumn("train"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[status]}"),
-    )
-    with Progress(*columns, console=console) as progress:
-        task = progress.add_task("train", total=total, completed=start, status="")
-        yield (lambda iteration, status: progress.update(task, completed=iteration, status=status)), progress.console.print

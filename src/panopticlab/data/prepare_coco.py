@@ -1,4 +1,4 @@
-"""``panopticlab prepare``: the derived files a dataset needs, built once, resumably.
+"""``panopticlab prepare coco``: the derived files COCO needs for SOGNet and for semantic tools, built once, resumably.
 
 ``prepare_coco(ROOT)`` reads the standard COCO layout::
 
@@ -16,147 +16,37 @@ and writes, under ``ROOT/panopticlab/`` only:
   fully hidden), which :class:`~panopticlab.data.dataset.CocoPanopticDataset` reads
   (see :func:`match_instances_to_segments` for the matching).
 
-``prepare_cityscapes`` (in :mod:`panopticlab.data.cityscapes`) uses the same machinery.
-
-Resumable: per-image outputs are written atomically (a temporary name, then a rename) and
-kept; images are processed in chunks whose results are recorded in a hidden state folder, so
-a rerun after an interruption redoes at most the chunks that were in flight; the final JSON
-is written last and the state folder removed after it. A split whose final JSON and
-per-image outputs all exist is skipped. One ``prepare`` per dataset root at a time.
+Resumable (:mod:`panopticlab.resumable`, which ``prepare_cityscapes`` in
+:mod:`panopticlab.data.cityscapes` uses too): per-image outputs are written atomically (a
+temporary name, then a rename) and kept; images are processed in chunks whose results are
+recorded in a hidden state folder, so a rerun after an interruption redoes at most the chunks
+that were in flight; the final JSON is written last and the state folder removed after it. A
+split whose final JSON and per-image outputs all exist is skipped. One ``prepare`` per dataset
+root at a time.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import json
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterator, Sequence, TypeVar
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
 
+from panopticlab.data.coco_instances import decode_segmentation
 from panopticlab.data.coco_panoptic import Categories, PanopticDataset, load_panoptic_json, read_panoptic_annotation
 from panopticlab.errors import InputError
-from panopticlab.fileio import atomic_path, read_json, write_json
-from panopticlab.parallel import imap_processes, usable_cpus
+from panopticlab.fileio import atomic_path, read_json
+from panopticlab.progress import ProgressFactory, no_progress
+from panopticlab.resumable import remove_stale_partials, run_resumable, write_final_json
 from panopticlab.structures import PanopticResult
-
-T = TypeVar("T")
-R = TypeVar("R")
-
-#: ``progress(description, total)`` -> a context manager yielding ``advance(n)``, like
-#: :func:`panopticlab.progress.progress_bar`.
-ProgressFactory = Callable[[str, int], ContextManager[Callable[[int], None]]]
 
 #: Where ``prepare coco`` writes, inside the dataset root.
 OUTPUT_FOLDER = "panopticlab"
-
-
-# --------------------------------------------------------------------------------------
-# Resumable work in chunks
-# --------------------------------------------------------------------------------------
-
-
-def run_resumable(
-    jobs: Sequence[T],
-    *,
-    key: Callable[[T], str],
-    work: Callable[[list[T]], list[R]],
-    state_dir: Path,
-    chunk_size: int,
-    workers: int | None,
-    advance: Callable[[int], None] | None = None,
-    restart: bool = False,
-) -> list[R]:
-    """``work`` over ``jobs`` in chunks, in worker processes, remembering finished chunks.
-
-    Chunk ``k`` (jobs ``k * chunk_size ...``) is done when ``state_dir/chunk_<k>.json`` holds
-    its jobs' keys and results; done chunks are read back instead of recomputed. Results pass
-    through JSON either way, so a resumed run returns exactly what a clean one does.
-
-    Args:
-        jobs: the work items, picklable.
-        key: a stable name per job (e.g. the image id), to recognise a chunk's saved results.
-        work: picklable ``chunk -> one JSON-able result per job``.
-        state_dir: where chunk results are kept.
-        chunk_size: jobs per chunk.
-        workers: processes (None: one per usable CPU; 1: this process).
-        advance: called with the number of jobs finished (or found done).
-        restart: forget saved chunks first.
-
-    Returns:
-        The results in job order.
-    """
-    if restart:
-        shutil.rmtree(state_dir, ignore_errors=True)
-    state_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_partials(state_dir)
-    chunks = [list(jobs[i : i + chunk_size]) for i in range(0, len(jobs), chunk_size)]
-    results: dict[int, list[Any]] = {}
-    for k, chunk in enumerate(chunks):
-        saved = _read_chunk(state_dir / f"chunk_{k:06d}.json", [key(j) for j in chunk])
-        if saved is not None:
-            results[k] = saved
-            if advance is not None:
-                advance(len(chunk))
-    todo = [k for k in range(len(chunks)) if k not in results]
-    processes = max(1, min(workers or usable_cpus(), len(todo)))
-    for k, chunk_results in zip(todo, imap_processes(work, [chunks[k] for k in todo], processes)):
-        chunk_results = json.loads(json.dumps(chunk_results))
-        write_json(state_dir / f"chunk_{k:06d}.json", {"keys": [key(j) for j in chunks[k]], "results": chunk_results})
-        results[k] = chunk_results
-        if advance is not None:
-            advance(len(chunks[k]))
-    return [r for k in range(len(chunks)) for r in results[k]]
-
-
-def _read_chunk(path: Path, keys: list[str]) -> list[Any] | None:
-    """A chunk's saved results, or None when absent, unreadable or made for other jobs."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            saved = json.load(f)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(saved, dict) or saved.get("keys") != keys or len(saved.get("results", ())) != len(keys):
-        return None
-    return saved["results"]
-
-
-def remove_stale_partials(folder: Path, pattern: str = "*") -> None:
-    """Delete the temporary files (``.<name>.*.partial``) that a killed writer left in ``folder``."""
-    if folder.is_dir():
-        for stale in folder.glob(f".{pattern}.*.partial"):
-            stale.unlink(missing_ok=True)
-
-
-def write_final_json(path: Path, document: Any, *, overwrite: bool) -> None:
-    """Write ``document``, unless ``path`` already holds exactly it; a different existing file
-    is an error unless ``overwrite``."""
-    if path.exists() and not overwrite:
-        try:
-            with open(path, encoding="utf-8") as f:
-                same = json.load(f) == document
-        except (OSError, ValueError):
-            same = False
-        if same:
-            return
-        raise InputError(f"{path}: already exists and differs from what prepare computes (pass --overwrite to replace it)")
-    write_json(path, document, overwrite=True)
-
-
-@contextlib.contextmanager
-def no_progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
-    """The :data:`ProgressFactory` that shows nothing."""
-    yield lambda n=1: None
-
-
-# --------------------------------------------------------------------------------------
-# COCO: semantic labels and the panoptic-to-instance join
-# --------------------------------------------------------------------------------------
 
 
 def semantic_from_panoptic(result: PanopticResult, categories: Categories) -> np.ndarray:
@@ -253,7 +143,7 @@ def prepare_coco(
     workers: int | None = None,
     overwrite: bool = False,
     chunk_size: int = 64,
-    progress: ProgressFactory | None = None,
+    progress: ProgressFactory = no_progress,
 ) -> list[dict[str, Any]]:
     """Build ``ROOT/panopticlab/semantic_<split>/`` and ``ROOT/panopticlab/instances_<split>.json``.
 
@@ -263,7 +153,7 @@ def prepare_coco(
         workers: processes (default: one per usable CPU; 1 = in this process).
         overwrite: rebuild every output.
         chunk_size: images per unit of work (and of resumption).
-        progress: a progress-bar factory (see :data:`ProgressFactory`).
+        progress: a progress factory (see :mod:`panopticlab.progress`).
 
     Returns:
         One report per split: ``split``, ``images``, ``semantic_folder``, ``instances_json``
@@ -293,7 +183,7 @@ def coco_panoptic_folder(root: Path, split: str) -> Path:
 
 
 def _prepare_coco_split(
-    root: Path, split: str, *, workers: int | None, overwrite: bool, chunk_size: int, progress: ProgressFactory | None
+    root: Path, split: str, *, workers: int | None, overwrite: bool, chunk_size: int, progress: ProgressFactory
 ) -> dict[str, Any]:
     panoptic_json = root / "annotations" / f"panoptic_{split}.json"
     png_folder = coco_panoptic_folder(root, split)
@@ -336,7 +226,7 @@ def _prepare_coco_split(
         instances_json=str(instances_file),
         overwrite=overwrite,
     )
-    with (progress or no_progress)(f"coco {split}", len(jobs)) as advance:
+    with progress(f"coco {split}", len(jobs)) as advance:
         results = run_resumable(
             jobs,
             key=lambda j: str(j.image["id"]),
@@ -390,8 +280,6 @@ def _coco_image(
     job: _CocoJob, categories: Categories, json_file: Path, png_folder: str, instances_json: str, overwrite: bool
 ) -> dict[str, Any]:
     """Read and check one panoptic PNG, write its semantic PNG (unless there), match its instances."""
-    from panopticlab.data.dataset import _decode_segmentation
-
     image_id = job.image["id"]
     one_image = PanopticDataset(json_file, [job.image], {image_id: job.annotation}, categories, raw={})
     result = read_panoptic_annotation(one_image, image_id, png_folder, strict=True)
@@ -402,7 +290,7 @@ def _coco_image(
     masks = np.zeros((len(job.instances), h, w), dtype=bool)
     for k, (index, _, _, segmentation) in enumerate(job.instances):
         try:
-            masks[k] = _decode_segmentation(segmentation, h, w)
+            masks[k] = decode_segmentation(segmentation, h, w)
         except (ValueError, TypeError, KeyError, AttributeError) as e:
             where = f"{instances_json}: annotations[{index}] (image {image_id!r})"
             raise InputError(f"{where} has an unreadable segmentation ({e})") from None

@@ -4,7 +4,7 @@ This module is the *oracle*: it follows detectron2's algorithm
 (``projects/Panoptic-DeepLab/panoptic_deeplab/post_processing.py`` and the instance scores of
 ``panoptic_seg.py``) step by step, with the same tensor operations and the same memory
 behaviour (a ``[K, H*W, 2]`` distance tensor, a Python loop over instances and classes), so
-that the fast version in :mod:`.postprocess` can be tested for identical outputs and
+that the fast version in :mod:`panopticlab.models.panoptic_deeplab.postprocess` can be tested for identical outputs and
 benchmarked against it. Do not use it for inference: it is slow and memory-hungry on purpose.
 
 One liberty: the heatmap is indexed (``[0]``) instead of ``squeeze()``d, so that images with H

@@ -23,17 +23,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from panopticlab.data.cityscapes import EVALUATED_LABELS
 from panopticlab.fileio import write_json
 from panopticlab.structures import id2rgb
 
-#: Cityscapes evaluation categories: (id, name, isthing).
-CITYSCAPES_CATEGORIES: list[tuple[int, str, bool]] = [
-    (7, "road", False), (8, "sidewalk", False), (11, "building", False), (12, "wall", False),
-    (13, "fence", False), (17, "pole", False), (19, "traffic light", False), (20, "traffic sign", False),
-    (21, "vegetation", False), (22, "terrain", False), (23, "sky", False),
-    (24, "person", True), (25, "rider", True), (26, "car", True), (27, "truck", True),
-    (28, "bus", True), (31, "train", True), (32, "motorcycle", True), (33, "bicycle", True),
-]  # fmt: skip
+#: The 19 Cityscapes evaluation categories: (id, name, isthing).
+CITYSCAPES_CATEGORIES: list[tuple[int, str, bool]] = [(c.id, c.name, c.has_instances) for c in EVALUATED_LABELS]
 STUFF_IDS = [c for c, _, thing in CITYSCAPES_CATEGORIES if not thing]
 THING_IDS = [c for c, _, thing in CITYSCAPES_CATEGORIES if thing]
 

@@ -1,4 +1,4 @@
-"""Typed configs: nested dataclasses, read from YAML, changed by ``key=value`` overrides.
+"""The config machinery: nested dataclasses, read from YAML, changed by ``key=value`` overrides.
 
 A config file holds only the values that differ from the dataclass defaults::
 
@@ -12,9 +12,10 @@ values (each value is parsed as YAML, so numbers, lists and booleans need no quo
 Every key is checked against the dataclass: an unknown key or a value of the wrong type
 raises :class:`~panopticlab.errors.InputError` naming the file and the key.
 
-The first half of this module is the generic machinery; the second half is the schema of
-an experiment (:class:`Config`), whose model-specific sections live beside their models
-(e.g. :class:`~panopticlab.models.panoptic_deeplab.config.PanopticDeepLabConfig`).
+A section that subclasses :class:`Section` also states the values that cannot work together
+(:meth:`Section.problems`); reading a file reports the first one as an InputError naming the
+file and the full key, e.g. ``exp.yaml: 'model.sognet.anchor_sizes' needs 5 positive sizes, one
+per level P2..P6, got [8, 16]``. The schema itself is in :mod:`panopticlab.config.experiment`.
 """
 
 from __future__ import annotations
@@ -24,17 +25,33 @@ import os
 import types
 import typing
 from pathlib import Path
-from dataclasses import dataclass, field
-from typing import Any, Literal, Optional, Sequence, TypeVar
+from typing import Any, Sequence, TypeVar
 
 import yaml
 
 from panopticlab.errors import InputError
 from panopticlab.fileio import atomic_path
-from panopticlab.models.panoptic_deeplab.config import PanopticDeepLabConfig
-from panopticlab.models.sognet.config import SOGNetConfig
 
 T = TypeVar("T")
+
+
+class Section:
+    """Base of the schema's dataclasses: the checks of values that are well-typed but cannot work."""
+
+    def problems(self) -> list[tuple[str, str]]:
+        """``(key, what is wrong)`` for every value of this section (not of its subsections) that
+        cannot work, e.g. ``("max_iter", "must be at least 1")``; empty when all is well."""
+        return []
+
+
+def check_section(section: Section, where: str, *, source: str = "<config>") -> None:
+    """Raise InputError for the first of ``section.problems()``, naming ``source`` and ``where.key``.
+
+    :func:`from_dict` calls it for every section it reads; a builder handed a section made in
+    Python calls it too.
+    """
+    for key, problem in section.problems():
+        raise InputError(f"{source}: '{where}{key}' {problem}, got {getattr(section, key)!r}")
 
 
 def from_dict(cls: type[T], data: dict[str, Any], *, source: str = "<dict>", prefix: str = "") -> T:
@@ -50,7 +67,10 @@ def from_dict(cls: type[T], data: dict[str, Any], *, source: str = "<dict>", pre
     values = {}
     for name, value in data.items():
         values[name] = _convert(hints[name], value, source=source, key=f"{prefix}{name}")
-    return cls(**values)
+    config = cls(**values)
+    if isinstance(config, Section):
+        check_section(config, prefix, source=source)
+    return config
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -158,112 +178,3 @@ def _convert(hint: Any, value: Any, *, source: str, key: str) -> Any:
             raise InputError(f"{source}: '{key}' must be {hint.__name__}, got {value!r}")
         return value
     raise TypeError(f"config type {hint!r} of '{key}' is not supported")  # a bug in a schema, not user input
-
-
-# --------------------------------------------------------------------------------------
-# The schema of an experiment
-# --------------------------------------------------------------------------------------
-
-
-@dataclass
-class ModelConfig:
-    arch: Literal["panoptic_deeplab", "sognet"] = "panoptic_deeplab"
-    #: "shapes", "cityscapes", "coco", or a JSON file with the categories
-    categories: str = "cityscapes"
-    panoptic_deeplab: PanopticDeepLabConfig = field(default_factory=PanopticDeepLabConfig)
-    sognet: SOGNetConfig = field(default_factory=SOGNetConfig)
-
-
-@dataclass
-class SplitConfig:
-    """Where a split is: either ``folder`` (holding ``images/``, ``panoptic/``, ``panoptic.json``
-    and optionally ``instances.json``, as ``panopticlab synth`` writes) or the explicit paths.
-    Relative paths are relative to ``data.root``."""
-
-    folder: str = ""
-    image_folder: str = ""
-    panoptic_json: str = ""
-    panoptic_folder: str = ""
-    instances_json: Optional[str] = None
-
-
-@dataclass
-class DataConfig:
-    root: str = "."
-    train: SplitConfig = field(default_factory=SplitConfig)
-    test: SplitConfig = field(default_factory=SplitConfig)
-    num_workers: int = 2
-
-
-@dataclass
-class InputConfig:
-    crop_size: tuple[int, int] = (512, 1024)
-    min_scale: float = 0.5
-    max_scale: float = 2.0
-    flip: bool = True
-
-
-@dataclass
-class SolverConfig:
-    optimizer: Literal["adam", "sgd"] = "adam"
-    base_lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    poly_power: float = 0.9
-    warmup_iters: int = 1000
-    warmup_factor: float = 0.001
-    max_iter: int = 90_000
-    #: images per iteration over all processes (detectron2's IMS_PER_BATCH)
-    batch_size: int = 32
-    #: "poly": warm-up then (1 - it / max_iter) ** poly_power; "step": warm-up then x gamma at each of ``steps``
-    lr_scheduler: Literal["poly", "step"] = "poly"
-    steps: tuple[int, ...] = ()
-    gamma: float = 0.1
-    #: clip the gradients' global L2 norm to this value; 0 = no clipping
-    clip_grad_norm: float = 0.0
-    #: mixed precision: "bf16" (CPU and GPU) or "fp16" (GPU, with a gradient scaler)
-    amp: Literal["off", "bf16", "fp16"] = "off"
-    channels_last: bool = False
-    compile: bool = False
-    #: write a resumable checkpoint every this many iterations (and at the end)
-    checkpoint_period: int = 5000
-    #: log losses, learning rate, speed and data-wait time every this many iterations
-    log_period: int = 20
-    #: stop cleanly (final weights and a checkpoint written) after this many minutes; 0 = no limit
-    max_minutes: float = 0.0
-    #: with a time budget: time the first 20 steps once and shorten max_iter so that the poly
-    #: schedule ends when the budget does (a run bounded by minutes otherwise stops at a high rate)
-    fit_schedule_to_budget: bool = False
-    #: also write TensorBoard scalars (needs the ``tensorboard`` package); JSON lines are always written
-    tensorboard: bool = True
-
-
-@dataclass
-class TestConfig:
-    #: test-time augmentation: the scales to average over, and whether to add flipped images
-    tta_scales: tuple[float, ...] = (1.0,)
-    tta_flip: bool = False
-    batch_size: int = 1
-    #: evaluate on ``data.test`` every this many training iterations and at the end; 0 = never while training
-    eval_period: int = 0
-    #: also report instance AP of the thing classes (from the scored panoptic segments)
-    compute_ap: bool = True
-    #: Cityscapes instance AP (cityscapesscripts' evaluator, the "AP" of Cityscapes tables) against
-    #: this ``gtFine/<split>`` folder, relative to ``data.root`` (e.g. ``gtFine/val``); "" = off.
-    #: Reported as ``cityscapes_instance`` and as the summary's AP / AP50.
-    cityscapes_instance_gt: str = ""
-
-
-@dataclass
-class Config:
-    """A whole experiment. Defaults: detectron2's Panoptic-DeepLab R52-DSConv on Cityscapes."""
-
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    input: InputConfig = field(default_factory=InputConfig)
-    solver: SolverConfig = field(default_factory=SolverConfig)
-    test: TestConfig = field(default_factory=TestConfig)
-    output_dir: str = "outputs/run"
-    seed: int = 0
-    #: "auto" (cuda:LOCAL_RANK when a GPU is there, else cpu), "cpu", "cuda"...
-    device: str = "auto"
