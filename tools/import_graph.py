@@ -2,6 +2,7 @@
 
     python tools/import_graph.py                  # summary on the terminal
     python tools/import_graph.py --output F.json  # everything as JSON
+    python tools/import_graph.py --src DIR        # another checkout's src/ (e.g. a git worktree)
 
 What it reads, for every module of ``src/panopticlab``: each ``import`` / ``from ... import``
 (module level and inside functions alike, relative ones resolved), kept when it names a
@@ -18,6 +19,8 @@ What it reports:
 * **config reads**: attribute reads on a config section, counted per function. A read is an
   attribute chain rooted at a name ``config`` / ``cfg`` or ``self.config``, or at a local variable
   assigned from such a chain (``c = self.config``, ``s = config.solver``), or a ``getattr`` on one.
+  ``model_reads_outside_builders`` counts those in ``panopticlab.models`` outside functions named
+  ``build_*`` / ``resolve_*``: a model reading its config while it trains or predicts.
 
 ``tests/test_architecture.py`` holds the rules (no upward import, no cycle) against this.
 """
@@ -45,7 +48,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "panopticlab.masks",
             "panopticlab.parallel",
             "panopticlab.progress",
-            "panopticlab.gather",
+            "panopticlab.distributed",
             "panopticlab.resumable",
             "panopticlab.weights",
             "panopticlab.logs",
@@ -77,17 +80,17 @@ class Module:
     imports: dict[str, list[int]] = field(default_factory=dict)  # imported module -> line numbers
 
 
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(SRC).with_suffix("").parts)
+def module_name(path: Path, src: Path) -> str:
+    parts = list(path.relative_to(src).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
 
 
-def discover() -> dict[str, Module]:
+def discover(src: Path = SRC) -> dict[str, Module]:
     modules = {}
-    for path in sorted((SRC / PACKAGE).rglob("*.py")):
-        name = module_name(path)
+    for path in sorted((src / PACKAGE).rglob("*.py")):
+        name = module_name(path, src)
         modules[name] = Module(name, path)
     return modules
 
@@ -229,9 +232,18 @@ def config_reads(modules: dict[str, Module]) -> dict[str, object]:
                         reads += 1
             if reads:
                 per_function[f"{module.name}:{func.name}"] = per_function.get(f"{module.name}:{func.name}", 0) + reads
+    # Model code that reads a config outside a builder reads it while it trains or predicts.
+    at_run_time = {
+        name: n
+        for name, n in per_function.items()
+        if name.startswith("panopticlab.models")
+        and not name.split(":")[0].endswith(".config")  # a schema module (before the refactor it lived here)
+        and not name.split(":")[1].startswith(("build_", "resolve_"))
+    }
     return {
         "functions": len(per_function),
         "reads": sum(per_function.values()),
+        "model_reads_outside_builders": {"functions": len(at_run_time), "reads": sum(at_run_time.values())},
         "by_function": dict(sorted(per_function.items(), key=lambda kv: -kv[1])),
     }
 
@@ -245,8 +257,8 @@ def _is_inner(node: ast.Attribute, func: ast.AST) -> bool:
     return False
 
 
-def report() -> dict[str, object]:
-    modules = discover()
+def report(src: Path = SRC) -> dict[str, object]:
+    modules = discover(src)
     read_imports(modules)
     edges = sum(len(m.imports) for m in modules.values())
     return {
@@ -263,8 +275,9 @@ def report() -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, help="write the whole report as JSON")
+    parser.add_argument("--src", type=Path, default=SRC, help="the src/ folder to read (default: this checkout's)")
     args = parser.parse_args()
-    result = report()
+    result = report(args.src)
     print(f"{result['modules']} modules, {result['imports']} imports between them")
     print(f"cycles: {len(result['cycles'])}")
     for group in result["cycles"]:
@@ -277,6 +290,8 @@ def main() -> None:
         print(f"  {f['lines']:4d}  {f['function']}")
     reads = result["config_reads"]
     print(f"config reads: {reads['reads']} in {reads['functions']} functions")
+    outside = reads["model_reads_outside_builders"]
+    print(f"  by model code outside its builders: {outside['reads']} in {outside['functions']} functions")
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
