@@ -31,11 +31,8 @@ import numpy as np  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from panopticlab.evaluation import (  # noqa: E402
-    PanopticEvaluator,
-    panoptic_files,  # noqa: E402
-    pq_compute,
-)
+from panopticlab.data.coco_panoptic import decode_rgba_pil, decode_rgba_pyspng, read_panoptic_png  # noqa: E402
+from panopticlab.evaluation import PanopticEvaluator, pq_compute  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test oracles
 from oracles.synthetic_pairs import write_dataset  # noqa: E402
 from panopticlab.fileio import write_json  # noqa: E402
@@ -120,8 +117,8 @@ def in_memory_inputs(gt_json: Path, pred_json: Path, gt_dir: Path, pred_dir: Pat
     items = []
     for ann in gt["annotations"]:
         p = pred[ann["image_id"]]
-        gt_map = panoptic_files.read_id_png(gt_dir / ann["file_name"]).astype(np.int32)
-        pred_map = panoptic_files.read_id_png(pred_dir / p["file_name"]).astype(np.int32)
+        gt_map = read_panoptic_png(gt_dir / ann["file_name"])
+        pred_map = read_panoptic_png(pred_dir / p["file_name"])
         items.append((ann["image_id"], (gt_map, ann["segments_info"]), (pred_map, p["segments_info"])))
     return items, gt["categories"]
 
@@ -134,12 +131,22 @@ def decode_all(files: list[Path], decoder: Callable[[bytes], Any]) -> Callable[[
     return run
 
 
+def _decode_rgba_cv2(data: bytes) -> np.ndarray:
+    """OpenCV's decoder, a peer here only (panopticlab reads with pyspng or Pillow)."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    return cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGBA)
+
+
 def available_decoders() -> dict[str, Callable[[bytes], Any]]:
+    """The decoders installed: pyspng and Pillow (panopticlab's two), OpenCV when present."""
     decoders: dict[str, Callable[[bytes], Any]] = {}
     for label, fn in (
-        ("pyspng", panoptic_files._decode_rgba_pyspng),
-        ("OpenCV imdecode", panoptic_files._decode_rgba_cv2),
-        ("PIL", panoptic_files._decode_rgba_pil),
+        ("pyspng", decode_rgba_pyspng),
+        ("OpenCV imdecode", _decode_rgba_cv2),
+        ("PIL", decode_rgba_pil),
     ):
         try:
             fn(_TINY_PNG)
@@ -167,9 +174,6 @@ def main() -> int:
     parser.add_argument("--output", default="bench_pq.json", help="JSON file for the measurements")
     args = parser.parse_args()
 
-    import cv2
-
-    cv2.setNumThreads(1)
     console = Console(width=170)
     data = Path(args.data) / f"{args.num_images}x{args.height}x{args.width}"
     gt_json, pred_json = data / "gt.json", data / "pred.json"

@@ -12,11 +12,21 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 COCO_SAMPLE = REPO_ROOT.parent / "shared" / "data" / "coco_panoptic_sample"
 
 
+SHARED_REFERENCE = REPO_ROOT.parent / "shared" / "reference"
+
+
+def shared_file(path: Path) -> Path:
+    """A file of ../shared that a parity test reads: a missing one fails the test, never skips it
+    (CI has ../shared; a checkout without it cannot check parity, and must say so)."""
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: parity tests need the project's ../shared folder beside the repository")
+    return path
+
+
 @pytest.fixture
 def coco_sample() -> Path:
-    """../shared/data/coco_panoptic_sample (skips the test where it is absent)."""
-    if not (COCO_SAMPLE / "panoptic_examples.json").is_file():
-        pytest.skip(f"{COCO_SAMPLE} is not present")
+    """../shared/data/coco_panoptic_sample: real COCO panoptic annotations."""
+    shared_file(COCO_SAMPLE / "panoptic_examples.json")
     return COCO_SAMPLE
 
 

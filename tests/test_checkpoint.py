@@ -13,6 +13,8 @@ import torch
 import torchvision
 from torch import nn
 
+from conftest import shared_file
+
 from panopticlab.errors import InputError
 from panopticlab.models.backbone_weights import load_backbone_weights
 from panopticlab.models.backbones import build_backbone
@@ -29,10 +31,7 @@ OTHER_CONFIGS = {  # key file -> (num_classes, head_variant)
 
 
 def _d2_keys(filename: str) -> list[tuple[str, list[int], str]]:
-    path = KEYS_DIR / filename
-    if not path.is_file():
-        pytest.skip(f"{path} is not present")
-    return [tuple(entry) for entry in json.loads(path.read_text())["keys"]]
+    return [tuple(entry) for entry in json.loads(shared_file(KEYS_DIR / filename).read_text())["keys"]]
 
 
 def _random_arrays(keys: list[tuple[str, list[int], str]]) -> dict[str, np.ndarray]:
@@ -228,7 +227,8 @@ def test_detectron2_imagenet_pickle_loads_into_r52(tmp_path: Path, d2_arrays: di
 
 
 def test_timm_weights_load_into_timm_backbone(tmp_path: Path) -> None:
-    timm = pytest.importorskip("timm")
+    import timm
+
     classifier = timm.create_model("mobilenetv3_large_100", pretrained=False)
     save_weights(classifier, tmp_path / "mnv3.safetensors")
     backbone = build_backbone("timm:mobilenetv3_large_100")

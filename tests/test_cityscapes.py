@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cityscapesscripts.helpers import labels as cs_labels  # the test extra: parity is checked, never skipped
 from PIL import Image
 
 from panopticlab.config import Config, DataConfig, SplitConfig
@@ -23,7 +24,6 @@ from panopticlab.errors import InputError
 from panopticlab.evaluation.cityscapes_instance import CityscapesInstanceEvaluator, cityscapes_instance_ap
 from panopticlab.structures import PanopticResult
 
-cs_labels = pytest.importorskip("cityscapesscripts.helpers.labels")
 
 H, W = 64, 128
 #: split -> [(city, sequence, frame)]
@@ -307,3 +307,11 @@ def test_evaluate_reports_pq_miou_and_cityscapes_ap(prepared):
     assert summary["PQ"] == 100.0 and summary["mIoU"] == 100.0
     assert summary["AP"] == 100.0 and summary["AP50"] == 100.0
     assert results["cityscapes_instance"]["num_images"] == 3
+
+
+def test_a_missing_cityscapes_extra_is_named_when_the_evaluator_is_made(prepared, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "cityscapesscripts.evaluation", None)  # as if not installed
+    with pytest.raises(InputError, match=r"pip install 'panopticlab\[cityscapes\]'"):
+        CityscapesInstanceEvaluator(prepared / "gtFine" / "val")

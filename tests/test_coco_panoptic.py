@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from panopticlab.data import coco_panoptic
 from panopticlab.data.coco_panoptic import (
     Categories,
     load_panoptic_json,
@@ -17,7 +18,7 @@ from panopticlab.data.coco_panoptic import (
 )
 from panopticlab.errors import InputError
 from panopticlab.fileio import atomic_path, read_json
-from panopticlab.structures import id2rgb
+from panopticlab.structures import id2rgb, rgb2id
 
 
 def test_categories_of_coco_map_to_contiguous_ids(coco_sample):
@@ -165,8 +166,28 @@ def test_truncated_png(sample_copy):
 
 def test_grey_png_is_not_an_id_png(tmp_path):
     Image.fromarray(np.zeros((3, 3), dtype=np.uint8)).save(tmp_path / "grey.png")
-    with pytest.raises(InputError, match="grey.png: expected an RGB id PNG, got mode L"):
+    with pytest.raises(InputError, match="grey.png: expected an 8-bit RGB or RGBA id PNG, got 8-bit grayscale"):
         read_panoptic_png(tmp_path / "grey.png")
+    (tmp_path / "text.png").write_text("not an image")
+    with pytest.raises(InputError, match=r"text.png: cannot read the PNG \(not a PNG file\)"):
+        read_panoptic_png(tmp_path / "text.png")
+
+
+def test_both_png_decoders_give_the_same_ids(coco_sample, tmp_path):
+    """The reader decodes with pyspng where installed, else Pillow: both paths, the same ids,
+    on the real COCO sample's PNGs and on an RGBA PNG (alpha ignored)."""
+    pngs = sorted((coco_sample / "panoptic_examples").glob("*.png"))
+    rgba = np.concatenate([id2rgb(np.arange(12, dtype=np.int64).reshape(3, 4) * 70001), np.full((3, 4, 1), 9, np.uint8)], 2)
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "rgba.png")
+    for png in [*pngs, tmp_path / "rgba.png"]:
+        data = png.read_bytes()
+        with Image.open(png) as im:
+            expected = rgb2id(np.asarray(im.convert("RGB")))
+        for decode in (coco_panoptic.decode_rgba_pil, coco_panoptic.decode_rgba_pyspng):
+            ids = decode(data).view("<u4")[..., 0] & 0xFFFFFF
+            np.testing.assert_array_equal(ids, expected)
+        np.testing.assert_array_equal(read_panoptic_png(png), expected)
+        assert read_panoptic_png(png).dtype == np.int32
 
 
 def test_unknown_category(sample_copy):

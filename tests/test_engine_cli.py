@@ -86,7 +86,9 @@ def test_predict_writes_png_json_and_overlay_per_image_for_files_and_folders(tra
     Image.fromarray(np.full((40, 56, 3), 90, np.uint8)).save(extra)
     out = tmp_path / "pred"
     args = ["predict", "--config", str(trained["config"]), "--weights", str(trained["weights"])]
-    assert main(args + [str(images), str(extra), "--output", str(out), "--batch-size", "2"]) == 0
+    # overrides are KEY=VALUE words among the images, as on every command that reads a config
+    override = "model.panoptic_deeplab.tta_flip=true"
+    assert main(args + [str(images), override, str(extra), "--output", str(out), "--batch-size", "2"]) == 0
     stems = sorted(p.stem for p in images.iterdir()) + ["photo"]
     assert sorted(p.stem for p in (out / "panoptic").glob("*.png")) == sorted(stems)
     assert sorted(p.stem for p in (out / "overlays").glob("*.png")) == sorted(stems)
@@ -94,6 +96,17 @@ def test_predict_writes_png_json_and_overlay_per_image_for_files_and_folders(tra
     assert entry["file_name"] == "photo.png" and entry["image"] == str(extra)
     assert read_panoptic_png(out / "panoptic" / "photo.png").shape == (40, 56)
     assert len(json.loads((out / "panoptic.json").read_text())["annotations"]) == len(stems)
+
+
+def test_train_logs_where_its_config_is_instead_of_printing_it(trained, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(trained["config"]), "solver.max_iter=1", f"output_dir={run}"]) == 0
+    captured = capsys.readouterr()
+    assert f"its full config is in {run / 'config.yaml'}" in captured.err
+    assert "panoptic_deeplab:" not in captured.err + captured.out  # no YAML dump
+    assert captured.out.strip() == f"iteration 1: final weights {run / 'model_final.safetensors'}"
+    assert main(["-q", "train", "--config", str(trained["config"]), "solver.max_iter=1", f"output_dir={run}", "--overwrite"]) == 0
+    assert capsys.readouterr().err == ""  # -q: warnings only
 
 
 def _one_line_error(capsys, *words: str) -> None:

@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 
 from panopticlab.errors import InputError
-from panopticlab.evaluation import PanopticEvaluator, evaluate_files, pq_compute, read_id_png
+from panopticlab.data.coco_panoptic import read_panoptic_png
+from panopticlab.evaluation import PanopticEvaluator, evaluate_files, pq_compute
 from panopticlab.fileio import write_json
 from panopticlab.structures import id2rgb
 
@@ -386,7 +387,7 @@ def test_gt_image_without_prediction(tmp_path):
 def test_missing_png_and_non_rgb_png(tmp_path):
     gt_json, pred_json = _simple_case(tmp_path)
     (tmp_path / "pred" / "0000.png").unlink()
-    with pytest.raises(InputError, match=r"image 42: .*0000.png: cannot read the PNG"):
+    with pytest.raises(InputError, match=r"image 42: .*0000.png: file not found"):
         pq_compute(gt_json, pred_json, workers=1)
     Image.fromarray(np.full((10, 10), 5, dtype=np.uint8)).save(tmp_path / "pred" / "0000.png")
     with pytest.raises(InputError, match="expected an 8-bit RGB or RGBA id PNG, got 8-bit grayscale"):
@@ -397,4 +398,4 @@ def test_rgba_png_alpha_is_ignored(tmp_path):
     ids = np.array([[0, 1, 256], [65536, 16777215, 70000]], dtype=np.int64)
     rgba = np.concatenate([id2rgb(ids), np.full((2, 3, 1), 17, dtype=np.uint8)], axis=2)
     Image.fromarray(rgba, mode="RGBA").save(tmp_path / "a.png")
-    np.testing.assert_array_equal(read_id_png(tmp_path / "a.png"), ids)
+    np.testing.assert_array_equal(read_panoptic_png(tmp_path / "a.png"), ids)

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 import panopticlab
+from conftest import shared_file
 from panopticlab.errors import InputError
 from panopticlab.weights import load_weights, save_weights
 from panopticlab.config import Config, from_dict, load_config
@@ -60,9 +61,7 @@ def shapes_items(n: int, size: int = 64):
     ],
 )
 def test_model_zoo_configs_build_detectron2s_architectures(config_file, keys_file):
-    if not (KEYS / keys_file).is_file():
-        pytest.skip("shared reference key lists absent")
-    expected = json.loads((KEYS / keys_file).read_text())["summary"]["num_params"]
+    expected = json.loads(shared_file(KEYS / keys_file).read_text())["summary"]["num_params"]
     model = build_model(load_config(Config, CONFIGS / config_file))
     assert sum(p.numel() for p in model.parameters()) == expected
 

@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from conftest import shared_file
+
 from panopticlab.errors import InputError
 from panopticlab.models.backbones import ResNetBackbone, build_backbone
 from panopticlab.models.panoptic_deeplab.aspp import ImagePooling
@@ -36,10 +38,7 @@ def r52() -> nn.Module:
 
 @pytest.mark.parametrize("filename", sorted(D2_CONFIGS))
 def test_parameter_counts_equal_detectron2(filename: str) -> None:
-    path = KEYS_DIR / filename
-    if not path.is_file():
-        pytest.skip(f"{path} is not present")
-    summary = json.loads(path.read_text())["summary"]
+    summary = json.loads(shared_file(KEYS_DIR / filename).read_text())["summary"]
     num_classes, head_variant = D2_CONFIGS[filename]
     with torch.device("meta"):
         model = build_panoptic_deeplab(num_classes, head_variant=head_variant)
@@ -162,7 +161,6 @@ def test_torchvision_resnet_at_output_stride_32() -> None:
     ],
 )
 def test_timm_backbones_name_features_by_stride(name: str, output_stride: int, channels: dict) -> None:
-    pytest.importorskip("timm")
     with torch.device("meta"):
         backbone = build_backbone(name, output_stride=output_stride, out_features=tuple(channels))
     assert backbone.feature_channels == channels
@@ -171,7 +169,6 @@ def test_timm_backbones_name_features_by_stride(name: str, output_stride: int, c
 
 
 def test_timm_mobilenetv3_network_forward() -> None:
-    pytest.importorskip("timm")
     model = build_panoptic_deeplab(7, backbone="timm:mobilenetv3_large_100").eval()
     assert model.backbone.feature_channels == {"res5": 960, "res3": 40, "res2": 24}
     with torch.no_grad():

@@ -16,7 +16,7 @@ from panopticlab.evaluation.cityscapes_instance import CityscapesInstanceEvaluat
 from panopticlab.evaluation.evaluator import PanopticEvaluator, evaluate_image
 from panopticlab.evaluation.instance import InstanceAP, encode_id_map
 from panopticlab.evaluation.overlap import OverlapRelationEvaluator, front_from_depth, front_from_visible
-from panopticlab.evaluation.panoptic_files import evaluate_files, pq_compute, read_id_png
+from panopticlab.evaluation.panoptic_files import evaluate_files, pq_compute
 from panopticlab.evaluation.pq import summarize_pq
 from panopticlab.evaluation.protocol import Evaluator
 from panopticlab.evaluation.report import summarize
@@ -37,7 +37,6 @@ __all__ = [
     "front_from_depth",
     "front_from_visible",
     "pq_compute",
-    "read_id_png",
     "summarize",
     "summarize_pq",
 ]

@@ -9,94 +9,17 @@ floating-point sums do not depend on the number of workers.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
+from panopticlab.data.coco_panoptic import read_panoptic_png
 from panopticlab.errors import InputError
 from panopticlab.evaluation.categories import CategoryTable
 from panopticlab.evaluation.evaluator import PanopticEvaluator, evaluate_image
 from panopticlab.evaluation.pq import ImageMatch
 from panopticlab.fileio import read_json
 from panopticlab.parallel import imap_processes, usable_cpus
-
-# -- PNG decoding ------------------------------------------------------------------------------
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_COLOR_TYPES = {0: "grayscale", 2: "RGB", 3: "palette", 4: "grayscale+alpha", 6: "RGBA"}
-
-
-def _decode_rgba_pyspng(data: bytes) -> np.ndarray:
-    import pyspng
-
-    return pyspng.load(data, format="RGBA")
-
-
-def _decode_rgba_cv2(data: bytes) -> np.ndarray:
-    import cv2
-
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise ValueError("OpenCV could not decode it")
-    return cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGBA)
-
-
-def _decode_rgba_pil(data: bytes) -> np.ndarray:
-    import io
-
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image.convert("RGBA"))
-
-
-def _pick_decoder() -> Callable[[bytes], np.ndarray]:
-    """The fastest decoder installed. Measured per 512x1024 id PNG on one core: pyspng 3.7 ms,
-    OpenCV ``imdecode`` 4.7 ms, PIL 9.7 ms (``benchmarks/bench_pq.py``)."""
-    for module, decoder in (("pyspng", _decode_rgba_pyspng), ("cv2", _decode_rgba_cv2)):
-        try:
-            __import__(module)
-        except ImportError:
-            continue
-        return decoder
-    return _decode_rgba_pil
-
-
-_decode_rgba = _pick_decoder()
-
-
-def read_id_png(path: str | os.PathLike, *, where: str = "") -> np.ndarray:
-    """Read a COCO-panoptic PNG as segment ids ``R + 256 G + 256**2 B``.
-
-    Only 8-bit RGB and RGBA PNGs are accepted (alpha is ignored, as in panopticapi); a grey,
-    palette or 16-bit PNG raises :class:`InputError` rather than giving ids that mean nothing.
-
-    Returns:
-        uint32 array [H, W].
-    """
-    prefix = f"{where}: " if where else ""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise InputError(f"{prefix}{path}: cannot read the PNG ({e.strerror or e})") from None
-    if len(data) < 33 or not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR":
-        raise InputError(f"{prefix}{path}: not a PNG file")
-    bit_depth, color_type = data[24], data[25]
-    if bit_depth != 8 or color_type not in (2, 6):
-        kind = _COLOR_TYPES.get(color_type, f"color type {color_type}")
-        raise InputError(f"{prefix}{path}: expected an 8-bit RGB or RGBA id PNG, got {bit_depth}-bit {kind}")
-    try:
-        rgba = _decode_rgba(data)
-    except Exception as e:  # every decoder has its own exception types
-        raise InputError(f"{prefix}{path}: cannot decode the PNG ({e})") from None
-    # Read as little-endian uint32, each pixel is R + 256 G + 256^2 B + 256^3 A; masking off
-    # alpha in place avoids allocating (and page-faulting) a second full-size array.
-    ids = rgba.view("<u4")[..., 0]
-    ids &= np.uint32(0xFFFFFF)
-    return ids
-
 
 # -- JSON files --------------------------------------------------------------------------------
 
@@ -164,8 +87,8 @@ def _evaluate_pair(
 ) -> ImageMatch:
     image_id = gt_ann["image_id"]
     gt_file, pred_file = gt_folder / gt_ann["file_name"], pred_folder / pred_ann["file_name"]
-    gt_map = read_id_png(gt_file, where=f"image {image_id!r}")
-    pred_map = read_id_png(pred_file, where=f"image {image_id!r}")
+    gt_map = read_panoptic_png(gt_file, where=f"image {image_id!r}")
+    pred_map = read_panoptic_png(pred_file, where=f"image {image_id!r}")
     if gt_map.shape != pred_map.shape:
         raise InputError(
             f"image {image_id!r}: {gt_file} is {gt_map.shape[1]}x{gt_map.shape[0]} but "
