@@ -33,6 +33,36 @@ def test_no_model_reads_its_config_after_the_build(report):
     assert report["config_reads"]["model_reads_outside_builders"] == {"functions": 0, "reads": 0}
 
 
+def test_the_engine_names_no_model_family():
+    """Names, attributes and strings of the engine's code (docstrings aside) mention no family:
+    it knows models through their contract only (no ``predict_relations`` probing, no family switch)."""
+    import ast
+    import re
+
+    family = re.compile(r"sognet|deeplab|upsnet|relation|heuristic", re.IGNORECASE)
+    found = []
+    for path in sorted((REPO / "src" / "panopticlab" / "engine").glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and node.body
+            and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)
+        }
+        for node in ast.walk(tree):
+            words = []
+            if isinstance(node, ast.Name):
+                words = [node.id]
+            elif isinstance(node, ast.Attribute):
+                words = [node.attr]
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                words = [node.value]
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                words = [alias.name for alias in node.names] + [getattr(node, "module", None) or ""]
+            found += [f"{path.name}:{node.lineno}: {w}" for w in words if family.search(w)]
+    assert found == []
+
+
 def test_the_rules_catch_what_they_forbid(tmp_path):
     """The graph tool itself: an upward import and a cycle in a scratch package are found."""
     package = tmp_path / "panopticlab"

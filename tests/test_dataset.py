@@ -82,3 +82,17 @@ def test_missing_image_and_bad_instances_file(coco_sample, tmp_path):
 def test_split_folder_needs_panoptic_json(tmp_path):
     with pytest.raises(InputError, match="not a dataset split"):
         CocoPanopticDataset.from_split_folder(tmp_path)
+
+
+def test_a_model_without_instances_gets_none_read(tmp_path):
+    """build_dataset(instances=False), what the trainer asks for a model whose uses_instances is
+    False: a split with an instances.json yields items without them (nothing decoded)."""
+    from panopticlab.config import Config, from_dict
+    from panopticlab.data.build import build_dataset
+    from panopticlab.data.synthetic import ShapesConfig, generate_split
+
+    generate_split(tmp_path, 2, ShapesConfig(height=48, width=48), seed=0, split="train", workers=1)
+    config = from_dict(Config, {"data": {"root": str(tmp_path), "train": {"folder": "train"}}})
+    assert "instances" in build_dataset(config, "train")[0]
+    without = build_dataset(config, "train", instances=False)
+    assert without.instances_json is None and "instances" not in without[0]

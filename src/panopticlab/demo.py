@@ -23,11 +23,25 @@ import numpy as np
 
 from panopticlab.config import Config, load_config
 from panopticlab.data.dataset import CocoPanopticDataset
-from panopticlab.data.synthetic import GENERATOR_VERSION, ShapesConfig, generate_split, iter_split_instances, occlusion_pairs
+from panopticlab.data.synthetic import (
+    GENERATOR_VERSION,
+    ShapesConfig,
+    generate_split,
+    iter_split_instances,
+    occlusion_pairs,
+)
+from panopticlab.engine import test, train
 from panopticlab.errors import InputError
 from panopticlab.fileio import atomic_path, read_json, write_json
+from panopticlab.models import load_model
 from panopticlab.progress import progress_bar
-from panopticlab.visualize import categories_present, colorize, compose, overlay, save_picture
+from panopticlab.visualize import (
+    categories_present,
+    colorize,
+    compose,
+    overlay,
+    save_picture,
+)
 
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "panoptic_deeplab" / "shapes_demo.yaml"
 DEMO_DATA = ShapesConfig(height=128, width=128)
@@ -38,8 +52,6 @@ def run_demo(
     output: str | Path, *, minutes: float = 10.0, num_train: int = 400, seed: int = 0, workers: int | None = None
 ) -> dict[str, Any]:
     """Generate, train, evaluate, report. Returns the contents of ``metrics.json``."""
-    from panopticlab.engine import test, train
-
     output = Path(output)
     summary = {}
     for split, (num_images, split_seed) in {"train": (num_train, seed), "val": (max(1, num_train // 4), seed + 1)}.items():
@@ -118,8 +130,6 @@ def summarize_split(split_dir: Path) -> dict[str, Any]:
 
 def draw_predictions(config: Config, weights: Path, out: Path) -> list[Path]:
     """image | ground truth | prediction for the first val images."""
-    from panopticlab.models import load_model
-
     model = load_model(config, weights)
     val = CocoPanopticDataset.from_split_folder(Path(config.data.root) / config.data.test.folder, instances=False)
     paths = []

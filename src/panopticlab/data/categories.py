@@ -12,6 +12,7 @@ from pathlib import Path
 
 from panopticlab.data.cityscapes import cityscapes_categories
 from panopticlab.data.coco_panoptic import Categories
+from panopticlab.data.synthetic import SHAPES_CATEGORIES
 from panopticlab.errors import InputError
 from panopticlab.fileio import read_json
 
@@ -24,8 +25,6 @@ CITYSCAPES_CATEGORIES = cityscapes_categories()
 def load_categories(name_or_path: str | os.PathLike) -> Categories:
     """``"shapes"``, ``"cityscapes"``, ``"coco"``, or a JSON file with a ``categories`` list (or a bare list)."""
     if name_or_path == "shapes":
-        from panopticlab.data.synthetic import SHAPES_CATEGORIES
-
         return Categories(SHAPES_CATEGORIES, source="shapes")
     if name_or_path == "cityscapes":
         return Categories(CITYSCAPES_CATEGORIES, source="cityscapes")

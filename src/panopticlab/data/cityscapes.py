@@ -39,6 +39,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from panopticlab.data.coco_panoptic import write_panoptic_png
 from panopticlab.errors import InputError
 from panopticlab.fileio import atomic_path
 from panopticlab.progress import ProgressFactory, no_progress
@@ -319,8 +320,6 @@ def _convert_chunk(jobs: list[_ImageJob], *, use_train_id: bool, overwrite: bool
 
 def _convert_image(job: _ImageJob, *, use_train_id: bool, overwrite: bool) -> dict[str, Any]:
     """One image's panoptic PNG and trainId PNG (each written unless already there), and its JSON entries."""
-    from panopticlab.data.coco_panoptic import write_panoptic_png
-
     instance_ids = read_label_png(job.instance_png)
     id_map, segments = panoptic_from_instance_ids(instance_ids, use_train_id=use_train_id, where=job.instance_png)
     if overwrite or not os.path.exists(job.panoptic_png):

@@ -140,7 +140,7 @@ class Trainer:
         if main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             save_config(config, self.output_dir / "config.yaml")
-            logger.info("training %s; its full config is in %s", config.model.arch, self.output_dir / "config.yaml")
+            logger.info("training %s; its full config is in %s", type(self.model).__name__, self.output_dir / "config.yaml")
             if self.start_iter:
                 logger.info("resuming from iteration %d", self.start_iter)
         writer = MetricsWriter(self.output_dir, start_iter=self.start_iter, tensorboard=solver.tensorboard) if main else None
