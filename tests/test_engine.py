@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from itertools import islice
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from panopticlab.data.build import InfiniteSampler, build_dataset, build_train_l
 from panopticlab.data.synthetic import ShapesConfig, generate_split
 from panopticlab.engine import train
 from panopticlab.engine.checkpointing import flatten_state, unflatten_state
-from panopticlab.engine.schedule import fit_max_iter, lr_factor
+from panopticlab.engine.schedule import lr_factor
 from panopticlab.errors import InputError
 
 from test_pd_model import TINY
@@ -170,21 +171,51 @@ def test_a_time_budget_stops_cleanly_with_weights_and_a_checkpoint(shapes_root, 
     assert 0 <= result["data_wait_share"] < 1 and result["images_per_s"] > 0
 
 
-def test_fit_max_iter_ends_the_schedule_within_the_budget():
-    # 20 steps done at 0.5 s each, 100 s left: 0.97 * 100 / 0.5 = 194 more steps.
-    assert fit_max_iter(20, 0.5, 100.0, 90_000) == 214
-    assert fit_max_iter(20, 0.5, 100.0, 100) == 100  # never beyond max_iter
-    assert fit_max_iter(20, 0.5, -3.0, 90_000) == 21  # out of time: one more step, then stop
+def test_a_time_schedule_survives_a_slow_start_and_ends_with_its_budget(shapes_root, tmp_path):
+    """Steps slowed for the first quarter of the budget (as beside another busy process on two
+    cores): the run still uses its whole budget, max_iter is no limit, and the learning rate
+    decays with the time spent to the end of its schedule."""
+    budget_s, base_lr = 8.0, 1e-3
+    solver = {"schedule_by_time": True, "warmup_iters": 0, "base_lr": base_lr, "checkpoint_period": 10**6}
+    config = tiny_config(shapes_root, tmp_path, solver=solver)  # max_iter 6
+    started = time.monotonic()
+
+    def slow_start(record: dict) -> None:
+        if time.monotonic() - started < budget_s / 4:
+            time.sleep(0.25)
+
+    result = train(config, max_minutes=budget_s / 60, on_log=slow_start)
+    logged = records(tmp_path)
+    assert result["seconds"] >= 0.95 * budget_s and result["time_budget"]["spent"] <= budget_s + 2
+    assert not result["stopped_early"] and result["iteration"] == len(logged) > 6
+    lrs = [r["lr"] for r in logged]
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] < 0.05 * base_lr  # the schedule ended
+    for r in logged:  # each step's rate is the poly of the budget spent before it (<= after it)
+        assert r["lr"] >= base_lr * (1 - r["budget_spent"]) ** 0.9 * (1 - 1e-9)
 
 
-def test_a_generous_budget_leaves_a_fitted_schedule_unchanged(shapes_root, tmp_path):
-    """Fitting after 20 steps with time to spare keeps max_iter, so the run is the unfitted one."""
-    solver = {"max_iter": 24, "checkpoint_period": 100}
-    plain = train(tiny_config(shapes_root, tmp_path / "plain", solver=solver))
-    fitted_config = tiny_config(shapes_root, tmp_path / "fitted", solver={**solver, "fit_schedule_to_budget": True})
-    fitted = train(fitted_config, max_minutes=10_000)
-    assert fitted["iteration"] == plain["iteration"] == 24
-    assert [r.get("lr") for r in records(tmp_path / "fitted")] == [r.get("lr") for r in records(tmp_path / "plain")]
+def test_a_budgeted_run_resumed_continues_its_schedule_with_the_time_left(shapes_root, tmp_path):
+    budget_s = 6.0
+    solver = {"schedule_by_time": True, "warmup_iters": 0, "checkpoint_period": 10}
+    config = tiny_config(shapes_root, tmp_path, solver=solver)
+
+    def crash(record: dict) -> None:
+        if record["iteration"] == 12:  # after the checkpoint of iteration 10
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, max_minutes=budget_s / 60, on_log=crash)
+    saved = json.loads((tmp_path / "checkpoint_0000010.json").read_text())["time_budget"]
+    assert saved["seconds"] == budget_s and 0 < saved["spent"] < budget_s
+    lr_at_10 = records(tmp_path)[9]["lr"]
+    # a different budget on the command line does not restart the clock: the run's own is resumed
+    result = train(config, resume=True, max_minutes=100)
+    logged = records(tmp_path)
+    assert [r["iteration"] for r in logged[:11]] == list(range(1, 12))
+    lrs = [r["lr"] for r in logged]
+    assert lrs == sorted(lrs, reverse=True) and lrs[10] <= lr_at_10  # no jump where it resumed
+    assert result["seconds"] <= budget_s - saved["spent"] + 1.5  # only the budget that was left
+    assert result["time_budget"]["seconds"] == budget_s and result["time_budget"]["spent"] >= 0.95 * budget_s
 
 
 def test_tensorboard_scalars_are_written(shapes_root, tmp_path):
@@ -237,3 +268,15 @@ def test_two_process_ddp_averages_gradients_and_only_rank_0_writes(shapes_root, 
     assert [r["iteration"] for r in records(run)] == [1, 2, 3]  # one writer
     assert (run / "last_checkpoint").read_text().strip() == "checkpoint_0000003"
     assert all(math.isfinite(r["loss"]) for r in records(run))
+
+
+def test_amp_auto_takes_bf16_only_where_the_hardware_computes_it(monkeypatch):
+    from panopticlab.engine.trainer import resolve_amp
+
+    cpu = torch.device("cpu")
+    assert resolve_amp("off", cpu) == "off" and resolve_amp("bf16", cpu) == "bf16"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert resolve_amp("auto", cpu) == "off"  # an AVX2 CPU emulates bf16 convolutions
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert resolve_amp("auto", cpu) == "bf16"

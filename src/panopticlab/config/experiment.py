@@ -88,19 +88,23 @@ class SolverConfig(Section):
     gamma: float = 0.1
     #: clip the gradients' global L2 norm to this value; 0 = no clipping
     clip_grad_norm: float = 0.0
-    #: mixed precision: "bf16" (CPU and GPU) or "fp16" (GPU, with a gradient scaler)
-    amp: Literal["off", "bf16", "fp16"] = "off"
+    #: mixed precision: "bf16" (CPU and GPU) or "fp16" (GPU, with a gradient scaler); "auto": bf16
+    #: where the hardware computes it natively (GPUs that support it, CPUs with AVX512-BF16 or AMX),
+    #: else off (an AVX2 CPU emulates bf16 convolutions about 100x slower than fp32)
+    amp: Literal["off", "bf16", "fp16", "auto"] = "off"
     channels_last: bool = False
     compile: bool = False
     #: write a resumable checkpoint every this many iterations (and at the end)
     checkpoint_period: int = 5000
     #: log losses, learning rate, speed and data-wait time every this many iterations
     log_period: int = 20
-    #: stop cleanly (final weights and a checkpoint written) after this many minutes; 0 = no limit
+    #: stop cleanly (final weights and a checkpoint written) after this many minutes; 0 = no limit.
+    #: The budget is the run's, over every call: a run resumed with --resume gets what was left
     max_minutes: float = 0.0
-    #: with a time budget: time the first 20 steps once and shorten max_iter so that the poly
-    #: schedule ends when the budget does (a run bounded by minutes otherwise stops at a high rate)
-    fit_schedule_to_budget: bool = False
+    #: with a time budget: the poly decay follows the fraction of the budget spent instead of
+    #: iteration / max_iter, and the run ends when the budget is spent (max_iter is no limit then),
+    #: so a slow start or a busy spell costs steps, never the end of the schedule
+    schedule_by_time: bool = False
     #: also write TensorBoard scalars (needs the ``tensorboard`` package); JSON lines are always written
     tensorboard: bool = True
 
@@ -110,6 +114,8 @@ class SolverConfig(Section):
             found.append(("warmup_iters", "must be >= 0"))
         if self.max_minutes < 0:
             found.append(("max_minutes", "must be >= 0 (0 = no limit)"))
+        if self.schedule_by_time and self.lr_scheduler != "poly":
+            found.append(("schedule_by_time", "needs lr_scheduler: poly (a step schedule counts iterations)"))
         return found
 
 

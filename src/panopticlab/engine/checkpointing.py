@@ -6,15 +6,17 @@ folder::
     checkpoint_000000N.safetensors            the model's weights (loadable by load_model)
     checkpoint_000000N.optimizer.safetensors  the optimizer's state tensors
     checkpoint_000000N.json                   iteration, config, the optimizer state's
-                                              non-tensor structure, the gradient scaler
+                                              non-tensor structure, the gradient scaler, the
+                                              time budget (whole and spent) of a budgeted run
 
 and ``last_checkpoint``, a one-line text file naming the newest one. Each file is written
 to a temporary name and renamed into place, and ``last_checkpoint`` is written last, so it
 always names a complete checkpoint.
 
-Nothing else is needed to resume exactly: the learning rate is a function of the iteration,
-the random generators are re-seeded from ``(seed, iteration, rank)`` at every step, and the
-sampler's position is ``iteration x batch size``.
+Nothing else is needed to resume exactly: the learning rate is a function of the iteration
+(or, for a run scheduled by time, of the budget spent, which the checkpoint keeps), the random
+generators are re-seeded from ``(seed, iteration, rank)`` at every step, and the sampler's
+position is ``iteration x batch size``.
 """
 
 from __future__ import annotations
@@ -46,8 +48,12 @@ def save_checkpoint(
     *,
     config: dict[str, Any],
     scaler: torch.amp.GradScaler | None = None,
+    time_budget: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the checkpoint of ``iteration`` and point ``last_checkpoint`` at it; returns the weights path."""
+    """Write the checkpoint of ``iteration`` and point ``last_checkpoint`` at it; returns the weights path.
+
+    ``time_budget``: the run's :meth:`~panopticlab.engine.schedule.TimeBudget.state`, if it has one.
+    """
     output_dir = Path(output_dir)
     name = checkpoint_name(iteration)
     weights = output_dir / f"{name}.safetensors"
@@ -63,6 +69,7 @@ def save_checkpoint(
             "optimizer_tensors": f"{name}.optimizer.safetensors",
             "optimizer": structure,
             "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+            "time_budget": time_budget,
             "config": config,
         },
         indent=1,
@@ -86,8 +93,9 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer,
     *,
     scaler: torch.amp.GradScaler | None = None,
-) -> int:
-    """Restore model, optimizer (and scaler) from a checkpoint; returns its iteration."""
+) -> tuple[int, dict[str, Any] | None]:
+    """Restore model, optimizer (and scaler) from a checkpoint; returns its iteration and its time
+    budget's state (None for a run without a budget)."""
     json_path = Path(json_path)
     meta = read_json(json_path)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
@@ -100,7 +108,7 @@ def load_checkpoint(
         raise InputError(f"{json_path}: the optimizer state does not fit this model/optimizer ({e})") from None
     if scaler is not None and scaler.is_enabled() and meta.get("scaler"):
         scaler.load_state_dict(meta["scaler"])
-    return int(meta["iteration"])
+    return int(meta["iteration"]), meta.get("time_budget")
 
 
 # --- nested state <-> (flat tensors, JSON structure) ---

@@ -77,10 +77,14 @@ def _truncate_after(path: Path, iteration: int) -> None:
         tmp.write_text("".join(kept), encoding="utf-8")
 
 
-def format_record(record: dict[str, Any], max_iter: int) -> str:
-    """One log line: iteration, total and per-loss values, learning rate, speed, data-wait share."""
+def format_record(record: dict[str, Any], max_iter: int | None) -> str:
+    """One log line: iteration (of ``max_iter``, or the share of the time budget spent), total and
+    per-loss values, learning rate, speed, data-wait share."""
     losses = "  ".join(f"{k.removeprefix('loss_')} {v:.4g}" for k, v in record["losses"].items())
+    position = f"iter {record['iteration']}/{max_iter}"
+    if max_iter is None:
+        position = f"iter {record['iteration']} ({100 * record['budget_spent']:.0f} % of the budget)"
     return (
-        f"iter {record['iteration']}/{max_iter}  loss {record['loss']:.4g} ({losses})  lr {record['lr']:.3g}  "
+        f"{position}  loss {record['loss']:.4g} ({losses})  lr {record['lr']:.3g}  "
         f"{record['images_per_s']:.1f} img/s  data {100 * record['data_wait_share']:.0f}%"
     )

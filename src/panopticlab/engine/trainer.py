@@ -16,7 +16,6 @@ lines and TensorBoard scalars, a progress bar, and a time budget that stops clea
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ from panopticlab.data.build import build_dataset, build_test_loader, build_train
 from panopticlab.engine.checkpointing import POINTER, last_checkpoint, load_checkpoint, save_checkpoint
 from panopticlab.engine.inference import evaluate
 from panopticlab.engine.metrics import MetricsWriter, format_record
-from panopticlab.engine.schedule import fit_max_iter, lr_factor, set_learning_rate
+from panopticlab.engine.schedule import TimeBudget, lr_factor, set_learning_rate
 from panopticlab.errors import InputError
 from panopticlab.models import build_model
 from panopticlab.models.norm import convert_sync_batchnorm_if_distributed
@@ -43,8 +42,6 @@ from panopticlab.weights import save_weights
 logger = logging.getLogger(__name__)
 
 FINAL_WEIGHTS = "model_final.safetensors"
-#: steps timed before the schedule is fitted to a time budget
-FIT_STEPS = 20
 
 
 def train(
@@ -61,9 +58,11 @@ def train(
     Args:
         resume: continue from ``<output_dir>/last_checkpoint`` (start afresh when there is none).
         overwrite: start afresh even though ``output_dir`` holds a run.
-        max_minutes: time budget of this call (default ``solver.max_minutes``; 0 = none):
-            when it is spent, training stops after the current step and writes its checkpoint
-            and final weights, as at ``max_iter``.
+        max_minutes: time budget of the run (default ``solver.max_minutes``; 0 = none): when it is
+            spent, training stops after the current step and writes its checkpoint and final
+            weights, as at ``max_iter``. With ``solver.schedule_by_time`` the learning rate decays
+            with the budget spent and the budget, not ``max_iter``, ends the run. A resumed run
+            keeps the budget of the run it resumes (saved in the checkpoint) and gets what was left.
         progress: show a progress bar on a terminal (log lines go to the ``logging`` module).
         on_log: called on the main process with every record written to ``metrics.jsonl``.
 
@@ -71,9 +70,11 @@ def train(
     checkpoints (see :mod:`panopticlab.engine.checkpointing`) and ``model_final.safetensors``.
 
     Returns:
-        ``iteration`` reached, ``stopped_early`` (time budget), ``weights`` (final weights),
-        ``checkpoint``, ``last_log`` (the last training record), ``eval`` (the last
-        evaluation summary, or None), ``images_per_s`` and ``data_wait_share`` over this call.
+        ``iteration`` reached, ``stopped_early`` (a time budget stopped an iteration schedule),
+        ``weights`` (final weights), ``checkpoint``, ``last_log`` (the last training record),
+        ``eval`` (the last evaluation summary, or None), ``seconds`` (of training in this call),
+        ``time_budget`` (``{"seconds", "spent"}`` of a budgeted run, else None), ``images_per_s``
+        and ``data_wait_share`` over this call.
     """
     process = distributed.setup(config.device)
     try:
@@ -97,8 +98,9 @@ class Trainer:
         on_log: Callable[[dict[str, Any]], None] | None = None,
     ):
         self.config, self.process, self.on_log = config, process, on_log
-        solver = config.solver
         _check_solver(config, process.device)
+        self.amp = resolve_amp(config.solver.amp, process.device)
+        solver = config.solver
         self.output_dir = Path(config.output_dir)
         if (self.output_dir / POINTER).exists() and not (resume or overwrite):
             raise InputError(f"{self.output_dir}: holds a training run already (pass --resume to continue it, or --overwrite)")
@@ -110,11 +112,12 @@ class Trainer:
         if solver.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(self.model, config)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=solver.amp == "fp16")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == "fp16")
         self.start_iter = 0
+        self.resumed_budget: dict[str, Any] | None = None
         checkpoint = last_checkpoint(self.output_dir) if resume else None
         if checkpoint is not None:
-            self.start_iter = load_checkpoint(checkpoint, self.model, self.optimizer, scaler=self.scaler)
+            self.start_iter, self.resumed_budget = load_checkpoint(checkpoint, self.model, self.optimizer, scaler=self.scaler)
 
         instances = self.model.uses_instances
         self.dataset = build_dataset(config, "train", instances=instances)
@@ -137,12 +140,14 @@ class Trainer:
     def run(self, *, max_minutes: float = 0.0, progress: bool = True) -> dict[str, Any]:
         config, process, solver = self.config, self.process, self.config.solver
         main = process.is_main
+        budget = self._time_budget(max_minutes)
+        by_time = budget is not None and solver.schedule_by_time
         if main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             save_config(config, self.output_dir / "config.yaml")
             logger.info("training %s; its full config is in %s", type(self.model).__name__, self.output_dir / "config.yaml")
-            if self.start_iter:
-                logger.info("resuming from iteration %d", self.start_iter)
+            if solver.amp == "auto":
+                logger.info("mixed precision (solver.amp: auto) on %s: %s", process.device, self.amp)
         writer = MetricsWriter(self.output_dir, start_iter=self.start_iter, tensorboard=solver.tensorboard) if main else None
 
         loader = build_train_loader(
@@ -155,60 +160,59 @@ class Trainer:
             pin_memory=process.device.type == "cuda",
         )
         batches = iter(loader)
-        images_per_step = solver.batch_size
-        autocast = _autocast(solver.amp, process.device)
-        deadline = time.monotonic() + 60 * max_minutes if max_minutes > 0 else None
+        autocast = _autocast(self.amp, process.device)
         window = _Window()
         total_time = total_data = 0.0
         last_log: dict[str, Any] = {}
         last_eval = None
         checkpoint_path = None
-        stopped_early = False
         iteration = self.start_iter
-        max_iter = solver.max_iter  # shortened once when the schedule is fitted to a time budget
+        # A fresh run makes at least one step; a resumed one whose budget is spent makes none.
+        resumed_spent = self.resumed_budget is not None and budget is not None and budget.left <= 0
+        finished = (not by_time and iteration >= solver.max_iter) or resumed_spent
+        # The bar counts iterations, or with a schedule by time the seconds of the budget.
+        total, done = (budget.seconds, budget.spent_before) if by_time else (solver.max_iter, self.start_iter)
+        started = time.monotonic()
         self.model.train()
         try:
             bar = progress_bar if progress and main else no_progress
-            with bar("train", solver.max_iter, completed=self.start_iter) as advance:
-                while iteration < max_iter:
+            with bar("train", total, completed=done) as advance:
+                while not finished:
                     t0 = time.perf_counter()
                     batch = next(batches)
                     data_time = time.perf_counter() - t0
-                    losses = self._step(batch, iteration, autocast, max_iter)
+                    position = self._fraction_spent(budget) if by_time else None
+                    losses = self._step(batch, iteration, autocast, solver.base_lr * lr_factor(iteration, solver, progress=position))
                     iteration += 1
                     step_time = time.perf_counter() - t0
                     window.add(losses, step_time, data_time)
                     total_time += step_time
                     total_data += data_time
-                    if deadline is not None and solver.fit_schedule_to_budget and iteration - self.start_iter == FIT_STEPS:
-                        max_iter = self._fitted_max_iter(iteration, total_time / FIT_STEPS, deadline)
-                        if main:
-                            logger.info("schedule fitted to the time budget: max_iter %d", max_iter)
 
-                    out_of_time = deadline is not None and distributed.any_process(time.monotonic() > deadline, process)
-                    finished = iteration == max_iter or out_of_time
+                    out_of_time = budget is not None and distributed.any_process(budget.left <= 0, process)
+                    finished = out_of_time or (not by_time and iteration >= solver.max_iter)
                     status = None
                     if iteration % solver.log_period == 0 or finished:
-                        last_log = window.record(iteration, self.optimizer, images_per_step, process)
+                        last_log = window.record(iteration, self.optimizer, solver.batch_size, process)
+                        if budget is not None:
+                            last_log["budget_spent"] = min(1.0, budget.spent / budget.seconds)
                         status = f"loss {last_log['loss']:.4g}  {last_log['images_per_s']:.1f} img/s"
                         if main:
                             self._log(writer, last_log)
-                            logger.info(format_record(last_log, solver.max_iter))
-                    advance(1, status=status)
+                            logger.info(format_record(last_log, None if by_time else solver.max_iter))
+                    advance(step_time if by_time else 1, status=status)
                     if iteration % solver.checkpoint_period == 0 or finished:
-                        checkpoint_path = self._checkpoint(iteration)
+                        checkpoint_path = self._checkpoint(iteration, budget)
                     if self.test_loader is not None and (iteration % config.test.eval_period == 0 or finished):
                         last_eval = self._evaluate(iteration, writer)
-                    if out_of_time and iteration < max_iter:
-                        stopped_early = True
-                        if main:
-                            logger.info("time budget of %g min spent: stopped at iteration %d", max_minutes, iteration)
-                        break
         finally:
             batches = loader = None  # stops the loader's workers, also when a traceback keeps this frame
             if writer is not None:
                 writer.close()
 
+        stopped_early = budget is not None and not by_time and iteration < solver.max_iter
+        if main and stopped_early:
+            logger.info("time budget of %.3g min spent: stopped at iteration %d", budget.seconds / 60, iteration)
         weights = self.output_dir / FINAL_WEIGHTS
         if main:
             save_weights(self.model, weights, metadata={"iteration": str(iteration)})
@@ -221,22 +225,38 @@ class Trainer:
             "checkpoint": checkpoint_path,
             "last_log": last_log,
             "eval": last_eval,
-            "images_per_s": steps * images_per_step / total_time if total_time else 0.0,
+            "seconds": time.monotonic() - started,
+            "time_budget": None if budget is None else budget.state(),
+            "images_per_s": steps * solver.batch_size / total_time if total_time else 0.0,
             "data_wait_share": total_data / total_time if total_time else 0.0,
         }
 
-    def _fitted_max_iter(self, iteration: int, seconds_per_step: float, deadline: float) -> int:
-        """The last iteration that fits before ``deadline`` at the measured speed (the same on every process)."""
-        seconds_per_step = float(distributed.all_reduce_mean(torch.tensor([seconds_per_step]), self.process)[0])
-        return fit_max_iter(iteration, seconds_per_step, deadline - time.monotonic(), self.config.solver.max_iter)
+    def _time_budget(self, max_minutes: float) -> TimeBudget | None:
+        """The run's budget: the resumed checkpoint's (with what is left of it), else ``max_minutes``'."""
+        if self.resumed_budget is not None:
+            budget = TimeBudget.from_state(self.resumed_budget)
+            if self.process.is_main:
+                logger.info(
+                    "resuming from iteration %d with %.3g of the run's %.3g min left",
+                    self.start_iter, max(0.0, budget.left) / 60, budget.seconds / 60,
+                )  # fmt: skip
+            return budget
+        if self.start_iter and self.process.is_main:
+            logger.info("resuming from iteration %d", self.start_iter)
+        return TimeBudget(60 * max_minutes) if max_minutes > 0 else None
+
+    def _fraction_spent(self, budget: TimeBudget) -> float:
+        """The fraction of the budget spent, the same on every process (their mean)."""
+        spent = torch.tensor([budget.spent], dtype=torch.float64)
+        return float(distributed.all_reduce_mean(spent, self.process)[0]) / budget.seconds
 
     def _step(
-        self, batch: list[dict[str, Any]], iteration: int, autocast: Callable[[], Any], max_iter: int
+        self, batch: list[dict[str, Any]], iteration: int, autocast: Callable[[], Any], lr: float
     ) -> dict[str, torch.Tensor]:
-        """One optimizer step on ``batch``; returns the losses by name (float32 scalars on the CPU)."""
+        """One optimizer step on ``batch`` at learning rate ``lr``; returns the losses by name
+        (float32 scalars on the CPU)."""
         solver = self.config.solver
-        schedule = solver if max_iter == solver.max_iter else dataclasses.replace(solver, max_iter=max_iter)
-        set_learning_rate(self.optimizer, solver.base_lr * lr_factor(iteration, schedule))
+        set_learning_rate(self.optimizer, lr)
         # Dropout & co. draw from a generator seeded by (seed, iteration, rank): resuming needs no RNG state.
         torch.manual_seed(int(np.random.SeedSequence([self.config.seed, iteration, self.process.rank]).generate_state(1)[0]))
         with autocast():
@@ -264,11 +284,17 @@ class Trainer:
         if self.on_log is not None:
             self.on_log(record)
 
-    def _checkpoint(self, iteration: int) -> Path:
+    def _checkpoint(self, iteration: int, budget: TimeBudget | None) -> Path:
         path = None
         if self.process.is_main:
             path = save_checkpoint(
-                self.output_dir, iteration, self.model, self.optimizer, config=to_dict(self.config), scaler=self.scaler
+                self.output_dir,
+                iteration,
+                self.model,
+                self.optimizer,
+                config=to_dict(self.config),
+                scaler=self.scaler,
+                time_budget=None if budget is None else budget.state(),
             )
         distributed.barrier(self.process)
         return path
@@ -329,6 +355,18 @@ def build_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
     if s.optimizer == "adam":
         return torch.optim.Adam(params, lr=s.base_lr, weight_decay=s.weight_decay)
     return torch.optim.SGD(params, lr=s.base_lr, momentum=s.momentum, weight_decay=s.weight_decay)
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """``solver.amp`` with ``auto`` decided for ``device``: bf16 where it is computed natively, else off."""
+    if amp != "auto":
+        return amp
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "off"
+    if device.type == "cpu":
+        native = [getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+        return "bf16" if any(native) else "off"
+    return "off"
 
 
 def _autocast(amp: str, device: torch.device) -> Callable[[], Any]:
