@@ -273,3 +273,32 @@ def test_bad_arguments_raise_input_error(make, tmp_path):
     with pytest.raises(InputError):
         make(tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_thing_colours_stand_out_from_the_surroundings_and_from_each_other():
+    from panopticlab.data.synthetic import scene
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        surroundings, first = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+        colour = scene._contrasting_colour(rng, surroundings, first)
+        assert np.linalg.norm(colour - surroundings) >= 90 and np.linalg.norm(colour - first) >= 90
+    # the surroundings: what the thing covers and a 2-pixel ring around it
+    image = np.zeros((10, 10, 3), np.float32)
+    image[:, 5:] = 100.0  # the right half is grey
+    mask = np.zeros((10, 10), bool)
+    mask[4:6, 2:4] = True  # a 2x2 thing on the left: it and its ring span columns 0..5
+    assert scene._surroundings_colour(image, mask).tolist() == pytest.approx([100 / 6] * 3)  # 1 of 6 columns grey
+
+
+def test_thing_textures_scale_with_the_thing_and_hexagons_have_the_circles_area():
+    from panopticlab.data.synthetic import scene
+
+    def stripes_across(diameter):  # stripe edges along a row, for a texture sized to `diameter`
+        pattern = scene._thing_pattern(np.random.default_rng(3), "stripes", (1, 400), diameter)[0]
+        return int(np.count_nonzero(np.diff(pattern)))
+
+    assert stripes_across(20.0) == pytest.approx(2 * stripes_across(40.0), abs=2)  # half the size, twice the stripes
+    circle = scene._shape_mask(np.random.default_rng(0), "circle", (100, 100), 60 * scene._RADIUS_SCALE["circle"], 0.0, (200, 200))
+    hexagon = scene._shape_mask(np.random.default_rng(0), "hexagon", (100, 100), 60 * scene._RADIUS_SCALE["hexagon"], 0.3, (200, 200))
+    assert hexagon.sum() == pytest.approx(circle.sum(), rel=0.01)

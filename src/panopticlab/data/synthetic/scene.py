@@ -21,7 +21,9 @@ from panopticlab.errors import InputError
 from panopticlab.structures import VOID_ID, PanopticResult
 
 #: Bumped whenever the same seed and config would produce different files.
-GENERATOR_VERSION = 1
+#: 2: both thing colours stand out from the thing's surroundings, thing textures scale with the
+#: thing, larger smallest things (min_size 0.18), hexagons of the circle's area (docs/synthetic.md).
+GENERATOR_VERSION = 2
 
 # Ids are non-contiguous on purpose (things 1..6, stuff 11..15), so that every consumer
 # has to go through Categories' contiguous mapping.
@@ -68,7 +70,7 @@ class ShapesConfig:
     width: int = 256
     min_objects: int = 3
     max_objects: int = 8
-    min_size: float = 0.12
+    min_size: float = 0.18
     max_size: float = 0.30
     overlap: float = 0.5
     min_visible: float = 0.2
@@ -350,7 +352,9 @@ _STUFF_TEXTURES: dict[int, _Texture] = {
 # --- things ----------------------------------------------------------------------------
 
 # Circumradius per unit of "size radius", so that the shapes have comparable areas.
-_RADIUS_SCALE = {"circle": 1.0, "square": 1.15, "triangle": 1.35, "star": 1.3, "ring": 1.05, "hexagon": 1.05}
+# The hexagon has the circle's area (1.0996 = sqrt(2 pi / (3 sqrt 3))): its corners stand out of
+# the circle's outline by 10 % of the radius and its edges fall 5 % inside it.
+_RADIUS_SCALE = {"circle": 1.0, "square": 1.15, "triangle": 1.35, "star": 1.3, "ring": 1.05, "hexagon": 1.0996}
 _SHAPE_NAMES = {c["id"]: c["name"] for c in SHAPES_CATEGORIES if c["isthing"]}
 _CORNERS = {"triangle": 3, "square": 4, "hexagon": 6}
 _PLACEMENT_TRIES = 12
@@ -501,40 +505,68 @@ def _place_crowd(rng: np.random.Generator, config: ShapesConfig, occupancy: _Occ
 
 
 def _paint_thing(rng: np.random.Generator, image: np.ndarray, thing: _Thing) -> None:
-    """Paint a thing's parts over ``image`` (float32 [H, W, 3]) in a colour that stands out
-    from what is behind it, with a random texture (solid colour for the small crowd members)."""
+    """Paint a thing's parts over ``image`` (float32 [H, W, 3]) in two colours that each stand out
+    from the part's surroundings (and from each other), with a random texture sized to the thing
+    (solid colour for the small crowd members)."""
     for part in thing.parts:
         if not part.any():  # a crowd member entirely outside the image
             continue
         box = _bounding_box(part)
         inside = part[box]
         region = image[box]
-        first = _contrasting_colour(rng, region[inside].mean(axis=0))
-        second = _contrasting_colour(rng, first)
+        surroundings = _surroundings_colour(image, part)
+        first = _contrasting_colour(rng, surroundings)
+        second = _contrasting_colour(rng, surroundings, first)
         kind = "solid" if thing.iscrowd else str(rng.choice(_PATTERNS))
-        pattern = _thing_pattern(rng, kind, inside.shape, min(image.shape[:2]) / 256)
+        pattern = _thing_pattern(rng, kind, inside.shape, 2 * thing.radius)
         region[inside] = (first + pattern[..., None] * (second - first))[inside]
 
 
-def _contrasting_colour(rng: np.random.Generator, other: np.ndarray, min_distance: float = 90) -> np.ndarray:
-    """A random RGB colour at least ``min_distance`` from ``other`` (where 10 draws find one). float32 [3]."""
-    for _ in range(10):
+#: the ring around a thing whose colour it must stand out from, in pixels
+_SURROUNDING_MARGIN = 2
+
+
+def _surroundings_colour(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean colour of what a thing will cover and of the ring of ``_SURROUNDING_MARGIN`` pixels
+    around it (its surroundings as seen along its outline). float32 [3]."""
+    rows, cols = _bounding_box(mask)
+    m = _SURROUNDING_MARGIN
+    top, left = max(rows.start - m, 0), max(cols.start - m, 0)
+    bottom, right = min(rows.stop + m, mask.shape[0]), min(cols.stop + m, mask.shape[1])
+    crop = mask[top:bottom, left:right]
+    grown = np.zeros_like(crop)
+    padded = np.pad(crop, m)
+    for dy in range(2 * m + 1):  # a (2m + 1) x (2m + 1) dilation
+        for dx in range(2 * m + 1):
+            grown |= padded[dy : dy + crop.shape[0], dx : dx + crop.shape[1]]
+    return image[top:bottom, left:right][grown].mean(axis=0)
+
+
+def _contrasting_colour(rng: np.random.Generator, *others: np.ndarray, min_distance: float = 90) -> np.ndarray:
+    """A random RGB colour at least ``min_distance`` from each of ``others`` (where 30 draws find
+    one; else the draw farthest from the nearest of them). float32 [3]."""
+    best, best_distance = None, -1.0
+    for _ in range(30):
         colour = rng.uniform(0, 255, size=3).astype(np.float32)
-        if np.linalg.norm(colour - other) >= min_distance:
-            break
-    return colour
+        distance = min(float(np.linalg.norm(colour - other)) for other in others)
+        if distance >= min_distance:
+            return colour
+        if distance > best_distance:
+            best, best_distance = colour, distance
+    return best
 
 
 _PATTERNS = ("solid", "stripes", "checker", "dots")
 
 
-def _thing_pattern(rng: np.random.Generator, kind: str, hw: tuple[int, int], scale: float) -> np.ndarray:
+def _thing_pattern(rng: np.random.Generator, kind: str, hw: tuple[int, int], diameter: float) -> np.ndarray:
     """A texture of one of the :data:`_PATTERNS`, rotated by a random angle, in [0, 1]
-    (0 = first colour, 1 = second). float32 [h, w]."""
+    (0 = first colour, 1 = second), with a period of a quarter to two fifths of the thing's
+    ``diameter`` (so a stripe is as readable on a small thing as on a large one). float32 [h, w]."""
     if kind == "solid":
         return np.zeros(hw, dtype=np.float32)
     y, x = _coordinates(slice(0, hw[0]), slice(0, hw[1]))
-    angle, period = rng.uniform(0, np.pi), rng.uniform(5, 10) * scale
+    angle, period = rng.uniform(0, np.pi), rng.uniform(0.25, 0.4) * diameter
     u = (x * math.cos(angle) + y * math.sin(angle)) / period
     v = (-x * math.sin(angle) + y * math.cos(angle)) / period
     if kind == "stripes":
