@@ -39,6 +39,7 @@ from panopticlab.engine import train
 from panopticlab.distributed import resolve_device
 from panopticlab.fileio import write_json
 from panopticlab.models import build_model
+from panopticlab.progress import no_progress
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES_CONFIG = ROOT / "configs" / "panoptic_deeplab" / "shapes_demo.yaml"
@@ -75,7 +76,7 @@ def run_ours(config: Config, output_dir: Path, warmup: int, iters: int) -> dict[
     """images/s and data-wait share of ``train`` over the iterations after ``warmup``."""
     config.solver.max_iter = warmup + iters
     config.output_dir = str(output_dir)
-    train(config, overwrite=True, progress=False)
+    train(config, overwrite=True, progress=no_progress)
     records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()][warmup:]
     step_time = sum(r["time_per_iter"] for r in records)
     data_time = sum(r["time_per_iter"] * r["data_wait_share"] for r in records)

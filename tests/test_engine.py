@@ -242,13 +242,14 @@ def _ddp_worker(rank: int, world_size: int, init_file: str, config: Config, out:
     from panopticlab.weights import save_weights
     from panopticlab import distributed
     from panopticlab.engine.trainer import Trainer
+    from panopticlab.progress import no_progress
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
         process = distributed.setup("cpu")
         trainer = Trainer(config, process)
-        trainer.run(progress=False)
+        trainer.run(progress=no_progress)
         save_weights({k: p.detach() for k, p in trainer.model.named_parameters()}, Path(out) / f"rank{rank}.safetensors")
     finally:
         dist.destroy_process_group()

@@ -30,6 +30,7 @@ from panopticlab.evaluation.report import to_jsonable
 from panopticlab.fileio import write_json
 from panopticlab.models import load_model
 from panopticlab.models.base import PanopticModel
+from panopticlab.progress import ProgressFactory, no_progress
 
 logger = logging.getLogger(__name__)
 
@@ -44,15 +45,20 @@ def standard_evaluators(model: PanopticModel, config: Config) -> list[Evaluator]
 
 
 @torch.no_grad()
-def inference_on_dataset(model: PanopticModel, loader: Any, evaluators: Sequence[Evaluator]) -> dict[str, Any]:
+def inference_on_dataset(
+    model: PanopticModel, loader: Any, evaluators: Sequence[Evaluator], *, progress: ProgressFactory = no_progress
+) -> dict[str, Any]:
     """Predict every item of ``loader`` (lists of dataset items) and feed each batch to every
-    evaluator; returns their merged results with ``summary`` (headline numbers in percent) added."""
+    evaluator; returns their merged results with ``summary`` (headline numbers in percent) added.
+    ``progress`` counts the batches."""
     for evaluator in evaluators:
         evaluator.reset()
-    for batch in loader:
-        predictions = model.predict([item["image"] for item in batch])
-        for evaluator in evaluators:
-            evaluator.process(batch, predictions)
+    with progress("evaluate", len(loader)) as advance:
+        for batch in loader:
+            predictions = model.predict([item["image"] for item in batch])
+            for evaluator in evaluators:
+                evaluator.process(batch, predictions)
+            advance(1)
     results: dict[str, Any] = {}
     for evaluator in evaluators:
         results.update(evaluator.evaluate())
@@ -71,8 +77,9 @@ def test(
     output_dir: str | os.PathLike | None = None,
     *,
     overwrite: bool = False,
+    progress: ProgressFactory = no_progress,
 ) -> dict[str, Any]:
-    """Evaluate ``weights`` on the config's ``data.test`` split.
+    """Evaluate ``weights`` on the config's ``data.test`` split (``progress``: a bar over its batches).
 
     Writes to ``output_dir`` (default ``<config.output_dir>/test``): ``predictions/panoptic/*.png``
     and ``predictions/panoptic.json`` (COCO panoptic, segments with scores), and
@@ -92,7 +99,8 @@ def test(
         check_categories(dataset, model.categories, where=f"data.test ({dataset.panoptic.json_file})")
         loader = build_test_loader(config, dataset, rank=process.rank, world_size=process.world_size)
         writer = PredictionWriter(predictions_json, dataset)
-        results = inference_on_dataset(model, loader, [writer, *standard_evaluators(model, config)])
+        evaluators = [writer, *standard_evaluators(model, config)]
+        results = inference_on_dataset(model, loader, evaluators, progress=progress if process.is_main else no_progress)
         if process.is_main:
             write_json(output_dir / "metrics.json", to_jsonable(results), indent=1)
             logger.info("wrote predictions and metrics to %s", output_dir)

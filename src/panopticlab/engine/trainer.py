@@ -36,7 +36,7 @@ from panopticlab.engine.schedule import TimeBudget, lr_factor, set_learning_rate
 from panopticlab.errors import InputError
 from panopticlab.models import build_model
 from panopticlab.models.norm import convert_sync_batchnorm_if_distributed
-from panopticlab.progress import no_progress, progress_bar
+from panopticlab.progress import ProgressFactory, no_progress, progress_bar
 from panopticlab.weights import save_weights
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     max_minutes: float | None = None,
-    progress: bool = True,
+    progress: ProgressFactory = progress_bar,
     on_log: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train the model of ``config`` on ``data.train``; evaluate on ``data.test`` every ``test.eval_period``.
@@ -63,7 +63,9 @@ def train(
             weights, as at ``max_iter``. With ``solver.schedule_by_time`` the learning rate decays
             with the budget spent and the budget, not ``max_iter``, ends the run. A resumed run
             keeps the budget of the run it resumes (saved in the checkpoint) and gets what was left.
-        progress: show a progress bar on a terminal (log lines go to the ``logging`` module).
+        progress: the progress bar (:mod:`panopticlab.progress`; the default shows one on a
+            terminal): iterations, or the seconds of the budget with ``solver.schedule_by_time``.
+            Log lines go to the ``logging`` module.
         on_log: called on the main process with every record written to ``metrics.jsonl``.
 
     Writes to ``output_dir``: ``config.yaml``, ``metrics.jsonl``, ``tensorboard/``,
@@ -137,7 +139,7 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------
 
-    def run(self, *, max_minutes: float = 0.0, progress: bool = True) -> dict[str, Any]:
+    def run(self, *, max_minutes: float = 0.0, progress: ProgressFactory = progress_bar) -> dict[str, Any]:
         config, process, solver = self.config, self.process, self.config.solver
         main = process.is_main
         budget = self._time_budget(max_minutes)
@@ -175,7 +177,7 @@ class Trainer:
         started = time.monotonic()
         self.model.train()
         try:
-            bar = progress_bar if progress and main else no_progress
+            bar = progress if main else no_progress
             with bar("train", total, completed=done) as advance:
                 while not finished:
                     t0 = time.perf_counter()
