@@ -84,6 +84,22 @@ def test_panoptic_deeplab_options_reach_their_layers():
     assert default.pixel_mean.flatten().tolist() == pytest.approx(PIXEL_MEAN)
 
 
+def test_an_aspp_on_res4_leaves_the_last_backbone_stage_out():
+    model = pd_model(aspp_feature="res4", aspp_dilations=[1, 2, 4])
+    backbone = model.network.backbone
+    assert set(backbone.feature_channels) == {"res4", "res3", "res2"}
+    assert not any(".layer4." in k or k.startswith("body.layer4") for k in backbone.state_dict())
+    assert [m.dilation for m in model.network.semantic_decoder.aspp.atrous[0].modules() if isinstance(m, torch.nn.Conv2d)][0] == (1, 1)
+    heads = model.network.forward_heads(torch.rand(1, 3, 64, 64) * 255)
+    assert heads["sem_seg"].shape == (1, len(model.categories), 64, 64)
+    full = pd_model().network.backbone.state_dict()
+    assert sum(v.numel() for v in backbone.state_dict().values()) < 0.5 * sum(v.numel() for v in full.values())
+    from panopticlab.models.backbones import build_backbone
+
+    resnet = build_backbone("resnet50", out_features=("res2", "res3", "res4"))
+    assert not hasattr(resnet, "layer4") and set(resnet(torch.rand(1, 3, 64, 64))) == {"res2", "res3", "res4"}
+
+
 def test_the_tta_of_the_config_is_what_predict_does(monkeypatch):
     model = pd_model(tta_scales=[0.75, 1.0], tta_flip=True).eval()
     asked = []

@@ -307,3 +307,27 @@ def test_batched_api_matches_d2_labels_and_scores(seed):
                 number[s.category_id] = number.get(s.category_id, 0) + 1
                 assert s.score == pytest.approx(expected_scores[s.category_id * 1000 + number[s.category_id]], rel=1e-5)
         assert len(expected_scores) == sum(s.isthing for s in result.segments)
+
+
+def test_mean_probability_vote_weighs_confidence_where_the_majority_counts_pixels():
+    """One instance of three pixels (classes: 0 stuff, 1 and 2 things): two pixels lean slightly to
+    class 1, one is sure of class 2. Majority: class 1 (2 of 3 argmaxes). Mean softmax
+    probability: class 2, worked by hand. The grouping, areas and stuff are the same either way."""
+    logits = torch.full((1, 3, 1, 4), -9.0)
+    logits[0, :, 0, 0] = torch.tensor([4.0, -9.0, -9.0])  # stuff pixel
+    for x in (1, 2):
+        logits[0, :, 0, x] = torch.tensor([-9.0, 0.2, 0.0])  # p(1) = 0.55, p(2) = 0.45
+    logits[0, :, 0, 3] = torch.tensor([-9.0, 0.0, 4.0])  # p(2) = 0.98
+    heat = torch.zeros(1, 1, 1, 4)
+    heat[0, 0, 0, 2] = 0.9
+    offsets = torch.zeros(1, 2, 1, 4)
+    common = dict(thing_ids=[1, 2], stuff_area=1, nms_kernel=3)
+    (majority,) = panoptic_deeplab_inference(logits, heat, offsets, **common)
+    (mean,) = panoptic_deeplab_inference(logits, heat, offsets, class_vote="mean_probability", **common)
+    p = torch.softmax(logits[0, 1:, 0, 1:], dim=0)
+    assert p[0].mean() < p[1].mean()  # class 1's mean probability is below class 2's: 0.37 vs 0.63
+    assert [(s.category_id, s.area) for s in majority.segments] == [(1, 3), (0, 1)]
+    assert [(s.category_id, s.area) for s in mean.segments] == [(2, 3), (0, 1)]
+    assert (majority.id_map == mean.id_map).all()
+    with pytest.raises(InputError, match="class_vote"):
+        panoptic_deeplab_inference(logits, heat, offsets, class_vote="mode", **common)

@@ -30,6 +30,8 @@ class PanopticDeepLabConfig(Section):
     output_stride: int = 16
     #: decoder stages, deepest first (HRNet-style backbones: [res4, res3, res2])
     low_level_features: tuple[str, ...] = ("res3", "res2")
+    #: the feature the ASPP reads: res5 (detectron2), or res4 to leave out the backbone's last stage
+    aspp_feature: Literal["res4", "res5"] = "res5"
     head_variant: Literal["dsconv", "conv"] = "dsconv"
     center_head_variant: Literal["d2", "dsconv"] = "d2"
     semantic_projection_channels: tuple[int, ...] = (64, 32)
@@ -80,6 +82,9 @@ class PanopticDeepLabConfig(Section):
     nms_kernel: int = 7
     top_k: int = 200
     stuff_area: int = 2048
+    #: an instance's class: majority (detectron2: the most frequent argmax class of its pixels) or
+    #: mean_probability (the thing class of the highest mean softmax probability over its pixels)
+    class_vote: Literal["majority", "mean_probability"] = "majority"
     #: test-time augmentation: the scales to average over, and whether to add flipped images
     tta_scales: tuple[float, ...] = (1.0,)
     tta_flip: bool = False
@@ -92,6 +97,8 @@ class PanopticDeepLabConfig(Section):
         if self.output_stride not in (16, 32):
             found.append(("output_stride", "must be 16 or 32"))
         levels = ("res2", "res3", "res4")
+        if self.aspp_feature in self.low_level_features:
+            found.append(("low_level_features", f"cannot hold the ASPP's feature {self.aspp_feature}"))
         if not self.low_level_features or any(f not in levels for f in self.low_level_features):
             found.append(("low_level_features", f"needs one or more of {list(levels)}, deepest first"))
         for key in ("semantic_projection_channels", "instance_projection_channels"):

@@ -96,7 +96,8 @@ class ResNetBackbone(nn.Module):
             ``(output_stride == 16 ? 2 : 1) * multi_grid[i]``. detectron2 R52: (1, 2, 4).
             Deliberate difference to torchvision's ``replace_stride_with_dilation``, which leaves
             the first res5 block at dilation 1: here every block follows detectron2.
-        out_features: names among res2..res5.
+        out_features: names among res2..res5. Stages beyond the deepest one asked for are not
+            built (without res5, no layer4: no parameters that nothing uses).
     """
 
     def __init__(
@@ -117,18 +118,22 @@ class ResNetBackbone(nn.Module):
         if len(multi_grid) != blocks[3]:
             raise ValueError(f"multi_grid needs {blocks[3]} values (one per res5 block), got {tuple(multi_grid)}")
         res5_dilation = 2 if output_stride == 16 else 1
-        self.stem = stem
-        self.layer1 = resnet_stage(stem.out_channels, 64, blocks[0], 1, [1] * blocks[0])
-        self.layer2 = resnet_stage(256, 128, blocks[1], 2, [1] * blocks[1])
-        self.layer3 = resnet_stage(512, 256, blocks[2], 2, [1] * blocks[2])
-        self.layer4 = resnet_stage(
-            1024, 512, blocks[3], 2 if output_stride == 32 else 1, [res5_dilation * m for m in multi_grid]
-        )
         all_channels = {"res2": 256, "res3": 512, "res4": 1024, "res5": 2048}
         all_strides = {"res2": 4, "res3": 8, "res4": 16, "res5": output_stride}
         unknown = [name for name in out_features if name not in all_channels]
         if unknown:
             raise ValueError(f"unknown backbone features {unknown}: expected names among res2..res5")
+        deepest = max(int(name[-1]) for name in out_features)  # res2..res5 -> 2..5
+        self.stem = stem
+        self.layer1 = resnet_stage(stem.out_channels, 64, blocks[0], 1, [1] * blocks[0])
+        if deepest >= 3:
+            self.layer2 = resnet_stage(256, 128, blocks[1], 2, [1] * blocks[1])
+        if deepest >= 4:
+            self.layer3 = resnet_stage(512, 256, blocks[2], 2, [1] * blocks[2])
+        if deepest >= 5:
+            self.layer4 = resnet_stage(
+                1024, 512, blocks[3], 2 if output_stride == 32 else 1, [res5_dilation * m for m in multi_grid]
+            )
         self.out_features = tuple(out_features)
         self.feature_channels = {k: all_channels[k] for k in out_features}
         self.feature_strides = {k: all_strides[k] for k in out_features}
@@ -139,8 +144,10 @@ class ResNetBackbone(nn.Module):
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.stem(images)
         features = {}
-        for name, layer in zip(("res2", "res3", "res4", "res5"), (self.layer1, self.layer2, self.layer3, self.layer4)):
-            x = layer(x)
+        for name, layer_name in zip(("res2", "res3", "res4", "res5"), ("layer1", "layer2", "layer3", "layer4")):
+            if not hasattr(self, layer_name):  # beyond the deepest feature asked for
+                break
+            x = getattr(self, layer_name)(x)
             if name in self.out_features:
                 features[name] = x
         return features
@@ -150,7 +157,8 @@ class TimmBackbone(nn.Module):
     """A timm model built with ``features_only=True``; its outputs are named by stride.
 
     The last feature is ``res5``; among the others, ``resN`` is the last one with stride ``2**N``
-    (so res4 is the stride-16 map before a dilated res5). Weights are never downloaded
+    (so res4 is the stride-16 map before a dilated res5). Without ``res5`` in ``out_features``
+    the model is built up to the deepest feature asked for only. Weights are never downloaded
     (``pretrained=False``); the timm module is ``self.body``, so a timm state dict loads with a
     ``body.`` prefix.
 
@@ -185,10 +193,17 @@ class TimmBackbone(nn.Module):
         missing = [name for name in out_features if name not in index]
         if missing:
             raise ValueError(f"timm model {model_name!r} has no feature for {missing} (feature strides {strides})")
+        needed = sorted({index[name] for name in out_features})
+        position = {i: i for i in range(len(strides))}
+        if needed[-1] < len(strides) - 1:  # later stages unused: timm then builds up to the last one asked for
+            self.body = timm.create_model(
+                model_name, pretrained=False, features_only=True, out_indices=tuple(needed), **kwargs, **timm_kwargs
+            )
+            position = {i: k for k, i in enumerate(needed)}
         self.out_features = tuple(out_features)
-        self._index = {name: index[name] for name in out_features}
-        self.feature_channels = {name: channels[i] for name, i in self._index.items()}
-        self.feature_strides = {name: strides[i] for name, i in self._index.items()}
+        self._index = {name: position[index[name]] for name in out_features}
+        self.feature_channels = {name: channels[index[name]] for name in out_features}
+        self.feature_strides = {name: strides[index[name]] for name in out_features}
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         outputs = self.body(images)

@@ -28,7 +28,7 @@ from panopticlab.models.base import PanopticModel, training_targets
 from panopticlab.models.common import IGNORE_LABEL, PIXEL_MEAN, PIXEL_STD, ImageInput, as_image_tensors, inference_mode, pad_images
 from panopticlab.models.panoptic_deeplab.losses import OffsetNormalizer, panoptic_deeplab_losses
 from panopticlab.models.panoptic_deeplab.network import PanopticDeepLabNetwork, build_panoptic_deeplab
-from panopticlab.models.panoptic_deeplab.postprocess import panoptic_deeplab_inference
+from panopticlab.models.panoptic_deeplab.postprocess import ClassVote, panoptic_deeplab_inference
 from panopticlab.models.panoptic_deeplab.targets import AddTargets, PanopticDeepLabTargetGenerator, collate_targets
 from panopticlab.structures import PanopticResult
 
@@ -52,6 +52,7 @@ class InferenceSettings:
     nms_kernel: int = 7
     top_k: int = 200
     stuff_area: int = 2048
+    class_vote: ClassVote = "majority"
     tta_scales: tuple[float, ...] = (1.0,)
     tta_flip: bool = False
 
@@ -147,6 +148,7 @@ class PanopticDeepLab(PanopticModel):
                     nms_kernel=s.nms_kernel,
                     top_k=s.top_k,
                     category_ids=self.categories.ids,
+                    class_vote=s.class_vote,
                 )
         return results
 
@@ -204,6 +206,7 @@ def build_panoptic_deeplab_model(
         head_variant=config.head_variant,
         center_head_variant=config.center_head_variant,
         low_level_features=config.low_level_features,
+        aspp_feature=config.aspp_feature,
         semantic_projection_channels=config.semantic_projection_channels,
         instance_projection_channels=config.instance_projection_channels,
         semantic_decoder_channels=config.semantic_decoder_channels,
@@ -246,6 +249,7 @@ def build_panoptic_deeplab_model(
         nms_kernel=config.nms_kernel,
         top_k=config.top_k,
         stuff_area=config.stuff_area,
+        class_vote=config.class_vote,
         tta_scales=tuple(config.tta_scales),
         tta_flip=config.tta_flip,
     )

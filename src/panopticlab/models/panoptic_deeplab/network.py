@@ -142,6 +142,7 @@ def build_panoptic_deeplab(
     head_variant: HeadVariant = "dsconv",
     center_head_variant: Literal["d2", "dsconv"] = "d2",
     low_level_features: Sequence[str] = ("res3", "res2"),
+    aspp_feature: str = "res5",
     semantic_projection_channels: Sequence[int] = (64, 32),
     instance_projection_channels: Sequence[int] = (64, 32),
     semantic_decoder_channels: int = 256,
@@ -169,6 +170,8 @@ def build_panoptic_deeplab(
         head_variant: ``"dsconv"`` (5x5 depthwise-separable fuses and heads) or ``"conv"`` (3x3 pairs).
         center_head_variant: ``"d2"`` (two 3x3 convs) or ``"dsconv"`` (paper).
         low_level_features: decoder stages, deepest first; HRNet uses ("res4", "res3", "res2").
+        aspp_feature: the backbone feature the ASPP reads: ``res5`` (detectron2), or ``res4`` to
+            leave out the last stage (at a small input its stride-16 map costs much, adds little).
         semantic_projection_channels, instance_projection_channels: 1x1 projection widths per
             stage; instance (64, 32) in detectron2, (32, 16) in the paper / DeepLab2.
         aspp_dilations: default (6, 12, 18) when res5 has stride 16, (3, 6, 9) at stride 32.
@@ -182,20 +185,20 @@ def build_panoptic_deeplab(
     """
     if isinstance(backbone, str):
         backbone = build_backbone(
-            backbone, output_stride=output_stride, out_features=("res5", *low_level_features)
+            backbone, output_stride=output_stride, out_features=(aspp_feature, *low_level_features)
         )
     channels, strides = backbone.feature_channels, backbone.feature_strides
-    res5_stride = strides["res5"]
+    aspp_stride = strides[aspp_feature]
     if aspp_dilations is None:
-        aspp_dilations = (6, 12, 18) if res5_stride <= 16 else (3, 6, 9)
+        aspp_dilations = (6, 12, 18) if aspp_stride <= 16 else (3, 6, 9)
     if aspp_depthwise_separable is None:
         aspp_depthwise_separable = head_variant == "dsconv"
     pool_size = None
     if aspp_pooling_crop_size is not None:
         crop_h, crop_w = aspp_pooling_crop_size
-        if crop_h % res5_stride or crop_w % res5_stride:
-            raise ValueError(f"ASPP pooling crop size {aspp_pooling_crop_size} must be a multiple of {res5_stride}")
-        pool_size = (crop_h // res5_stride, crop_w // res5_stride)
+        if crop_h % aspp_stride or crop_w % aspp_stride:
+            raise ValueError(f"ASPP pooling crop size {aspp_pooling_crop_size} must be a multiple of {aspp_stride}")
+        pool_size = (crop_h // aspp_stride, crop_w // aspp_stride)
     aspp_options = dict(
         aspp_channels=aspp_channels,
         aspp_dilations=aspp_dilations,
@@ -204,6 +207,7 @@ def build_panoptic_deeplab(
         aspp_dropout=aspp_dropout,
         variant=head_variant,
         low_level_features=low_level_features,
+        aspp_feature=aspp_feature,
     )
     semantic_decoder = build_decoder(
         channels,
