@@ -1,9 +1,11 @@
 """The command line: exit codes, one-line errors, and the files each command writes."""
 
 import json
+import math
 import subprocess
 import sys
 
+from PIL import Image
 
 from panopticlab.cli import main
 
@@ -52,19 +54,45 @@ def test_visualize_missing_input_is_a_one_line_error(tmp_path, capsys):
     assert main(["visualize", "--out", str(tmp_path / "pics")]) == 2
 
 
-def test_demo_trains_evaluates_and_reports_and_reuses_its_data(tmp_path):
+def test_demo_trains_evaluates_and_reports_and_reuses_its_data(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--output", str(out), "--num-images", "8", "--minutes", "0.02"]) == 0
+    printed = capsys.readouterr()
+    header, *rest = printed.out.splitlines()
+    assert header.startswith("panopticlab demo: 8 + 2 overlapping-shapes images (128x128)")
+    assert "for 0.02 min on cpu" in printed.out and "Panoptic quality" in printed.out and "Per category" in printed.out
+    assert f"report: {out / 'report.html'}" in printed.out
+    assert printed.err == ""  # not a terminal: no bars; the log is for -v
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["data"]["train"]["images"] == 8 and metrics["data"]["val"]["images"] == 2
     assert metrics["iterations"] >= 1 and {"PQ", "PQ_th", "PQ_st", "SQ", "RQ", "mIoU"} <= set(metrics)
+    assert metrics["train_minutes"] >= 0.02 and metrics["device"] == "cpu"
     report = (out / "report.md").read_text()
-    assert "| All |" in report and "pictures/000001.png" in report
-    assert len(list((out / "pictures").glob("*.png"))) == 2
-    assert (out / "test" / "predictions" / "panoptic.json").is_file()
+    assert "| All |" in report and "pictures/000001.png" in report and "| circle | thing |" in report
+    page = (out / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and 'src="thing_confusion.png"' in page and "<td>circle</td>" in page
+    pictures = sorted((out / "pictures").glob("*.png"))
+    assert len(pictures) == 2 and Image.open(pictures[0]).width > 4 * 2 * 128  # four panels at twice the size
+    assert Image.open(out / "thing_confusion.png").size[0] > 300
+    assert (out / "test" / "predictions" / "panoptic.json").is_file() and (out / "train" / "config.yaml").is_file()
     stamp = (out / "data" / "train" / "panoptic.json").stat().st_mtime_ns
-    assert main(["demo", "--output", str(out), "--num-images", "8", "--minutes", "0.02"]) == 0
+    assert main(["-v", "demo", "--output", str(out), "--num-images", "8", "--minutes", "0.02"]) == 0
     assert (out / "data" / "train" / "panoptic.json").stat().st_mtime_ns == stamp
+    assert "its full config is in" in capsys.readouterr().err  # -v: the training log
+
+
+def test_thing_confusion_rows_are_the_shares_of_each_shapes_pixels():
+    from panopticlab.demo import thing_confusion
+
+    # categories 1, 2 (things) and 11 (stuff); columns: 1, 2, 11, VOID
+    results = {
+        "categories": [{"id": 1, "name": "circle", "isthing": True}, {"id": 2, "name": "square", "isthing": True}, {"id": 11, "name": "sky", "isthing": False}],
+        "semantic": {"confusion": {"ids": [1, 2, 11], "matrix": [[6, 2, 1, 1], [0, 0, 0, 0], [5, 5, 90, 0]]}},
+    }
+    rows, columns, table = thing_confusion(results)
+    assert rows == ["circle", "square"] and columns == ["circle", "square", "stuff", "void"]
+    assert table[0].tolist() == [0.6, 0.2, 0.1, 0.1]
+    assert all(math.isnan(v) for v in table[1])  # no square pixels in the ground truth
 
 
 def test_loss_curve_is_an_svg_polyline_per_loss():

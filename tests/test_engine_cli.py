@@ -88,7 +88,7 @@ def test_predict_writes_png_json_and_overlay_per_image_for_files_and_folders(tra
     args = ["predict", "--config", str(trained["config"]), "--weights", str(trained["weights"])]
     # overrides are KEY=VALUE words among the images, as on every command that reads a config
     override = "model.panoptic_deeplab.tta_flip=true"
-    assert main(args + [str(images), override, str(extra), "--output", str(out), "--batch-size", "2"]) == 0
+    assert main(args + [str(images), override, "--output", str(out), "--batch-size", "2", str(extra)]) == 0
     stems = sorted(p.stem for p in images.iterdir()) + ["photo"]
     assert sorted(p.stem for p in (out / "panoptic").glob("*.png")) == sorted(stems)
     assert sorted(p.stem for p in (out / "overlays").glob("*.png")) == sorted(stems)
@@ -105,8 +105,11 @@ def test_train_logs_where_its_config_is_instead_of_printing_it(trained, tmp_path
     assert f"its full config is in {run / 'config.yaml'}" in captured.err
     assert "panoptic_deeplab:" not in captured.err + captured.out  # no YAML dump
     assert captured.out.strip() == f"iteration 1: final weights {run / 'model_final.safetensors'}"
-    assert main(["-q", "train", "--config", str(trained["config"]), "solver.max_iter=1", f"output_dir={run}", "--overwrite"]) == 0
+    # overrides may also come after the options
+    assert main(["-q", "train", "--config", str(trained["config"]), "--overwrite", "solver.max_iter=1", f"output_dir={run}"]) == 0
     assert capsys.readouterr().err == ""  # -q: warnings only
+    assert main(["train", "--config", str(trained["config"]), "--overwrite", "solver.max_iter=1", "stray"]) == 2
+    assert "override 'stray' is not of the form key=value" in capsys.readouterr().err
 
 
 def _one_line_error(capsys, *words: str) -> None:

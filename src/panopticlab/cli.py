@@ -178,19 +178,33 @@ def _run_prepare(args: argparse.Namespace) -> int:
 
 
 def _add_demo(subparsers) -> None:
-    p = subparsers.add_parser("demo", help="the built-in default: shapes data -> train -> evaluate -> report")
+    p = subparsers.add_parser(
+        "demo",
+        help="the built-in default: shapes data -> train -> evaluate -> report",
+        description="Generate the overlapping-shapes data, train Panoptic-DeepLab for a time budget (on a GPU when "
+        "there is one), evaluate it on held-out images and write report.html. Shows a header, progress bars and "
+        "the PQ table; -v adds the training log.",
+    )
     p.add_argument("--output", type=Path, default=Path("outputs/demo"))
     p.add_argument("--minutes", type=float, default=10.0, help="training time budget")
     p.add_argument("--num-images", type=int, default=400, help="training images (validation gets a quarter)")
     p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(log_level=logging.WARNING)  # the bars and the tables say it; -v for the log
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from panopticlab.demo import result_lines, run_demo
+    from panopticlab.demo import plan_demo, result_lines, run_demo
+    from panopticlab.evaluation.report import print_results, per_class_table
+    from panopticlab.progress import progress_bar
+    from rich.console import Console
 
     if args.minutes <= 0 or args.num_images < 1:
         raise InputError("--minutes must be positive and --num-images at least 1")
-    metrics = run_demo(args.output, minutes=args.minutes, num_train=args.num_images, seed=args.seed)
+    print("\n".join(plan_demo(args.output, minutes=args.minutes, num_train=args.num_images, seed=args.seed).lines()), flush=True)
+    metrics, results = run_demo(args.output, minutes=args.minutes, num_train=args.num_images, seed=args.seed, progress=progress_bar)
+    console = Console()
+    console.print(per_class_table(results))
+    print_results(results, console=console)
     print("\n".join(result_lines(metrics, args.output)))
     return 0
 
@@ -290,8 +304,9 @@ def _add_test(subparsers) -> None:
 def _run_test(args: argparse.Namespace) -> int:
     from panopticlab.engine import test
     from panopticlab.evaluation.report import print_results
+    from panopticlab.progress import progress_bar
 
-    results = test(_load_experiment(args), args.weights, args.output, overwrite=args.overwrite)
+    results = test(_load_experiment(args), args.weights, args.output, overwrite=args.overwrite, progress=progress_bar)
     if os.environ.get("RANK", "0") == "0":
         print_results(results)
     return 0
@@ -347,6 +362,7 @@ COMMANDS: dict[str, tuple[Callable, Callable[[argparse.Namespace], int]]] = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="panopticlab", description="Panoptic segmentation toolkit.")
     parser.add_argument("-q", "--quiet", action="store_true", help="show warnings only, no progress log")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show the progress log (the demo shows warnings only)")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add, _ in COMMANDS.values():
         add(subparsers)
@@ -356,9 +372,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from panopticlab.logs import show_logs
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # KEY=VALUE words after an option (`train --config C --max-minutes 5 solver.base_lr=0.01`)
+    # are overrides too; argparse hands a positional list only the words before the options.
+    if hasattr(args, "inputs"):  # predict: images and overrides are told apart later
+        args.inputs, extra = [*args.inputs, *extra], []
+    overrides = [w for w in extra if _OVERRIDE.match(w)]
+    if overrides and hasattr(args, "overrides"):
+        args.overrides = [*args.overrides, *overrides]
+        extra = [w for w in extra if not _OVERRIDE.match(w)]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    level = logging.WARNING if args.quiet else logging.INFO if args.verbose else getattr(args, "log_level", logging.INFO)
     try:
-        with show_logs(logging.WARNING if args.quiet else logging.INFO):
+        with show_logs(level):
             return COMMANDS[args.command][1](args)
     except InputError as e:
         print(f"panopticlab {args.command}: error: {e}", file=sys.stderr)

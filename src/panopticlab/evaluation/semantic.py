@@ -33,7 +33,9 @@ class ConfusionMatrix:
         np.add.at(self.matrix, (gt_category, pred_category), pixels)
 
     def summarize(self, categories: CategoryTable) -> dict[str, Any]:
-        """``{"miou", "pixel_accuracy", "per_class": {category_id: iou or NaN}}``; NaN where undefined."""
+        """``{"miou", "pixel_accuracy", "per_class": {category_id: iou or NaN}, "confusion"}``; NaN
+        where undefined. ``confusion``: ``{"ids": category ids of the rows and first columns,
+        "matrix": pixel counts [C][C + 1]}`` (the last column: predicted VOID)."""
         c = len(categories)
         tp = np.diagonal(self.matrix[:, :c]).astype(np.float64)
         gt_pixels = self.matrix.sum(axis=1).astype(np.float64)  # includes predicted VOID
@@ -47,4 +49,5 @@ class ConfusionMatrix:
             "miou": float(iou[seen].mean()) if seen.any() else math.nan,
             "pixel_accuracy": float(tp.sum() / total) if total > 0 else math.nan,
             "per_class": {cat_id: float(iou[k]) for k, cat_id in enumerate(categories.ids)},
+            "confusion": {"ids": list(categories.ids), "matrix": self.matrix.tolist()},
         }
