@@ -2,8 +2,10 @@
 
 Cases (each in fp32 and with bf16 autocast; ``--device cuda`` also fp16 with its scaler):
 
-* ``shapes``: the demo's config (``configs/panoptic_deeplab/shapes_demo.yaml``: timm resnet10t,
-  narrow decoder) on shapes images of its crop size;
+* ``shapes``: the demo's config (``configs/panoptic_deeplab/shapes_demo.yaml``: timm resnet10t
+  up to res4, narrow decoder) on shapes images of its crop size;
+* ``shapes_res5``: the same with the ASPP on res5 at rates 6/12/18 (the demo's network before
+  ``aspp_feature: res4``);
 * ``r52_512x1024``: detectron2's R52-DSConv Cityscapes network on 512x1024 crops (shapes
   images of 512x1024 stand in for Cityscapes, so the classifier has the shapes classes).
 
@@ -47,11 +49,14 @@ R52_CONFIG = ROOT / "configs" / "panoptic_deeplab" / "r52_dsconv_cityscapes.yaml
 
 
 def case_configs(args: argparse.Namespace, data_root: Path) -> dict[str, Config]:
-    """The two cases as configs; data generated under ``data_root``."""
+    """The cases as configs; data generated under ``data_root``."""
     cases = {}
     shapes = load_config(Config, SHAPES_CONFIG)
     size = shapes.input.crop_size
     cases["shapes"] = (shapes, size[0], size[1], args.shapes_batch)
+    # the demo's network before issue 13: the ASPP on res5 at detectron2's rates
+    res5 = load_config(Config, SHAPES_CONFIG, ["model.panoptic_deeplab.aspp_feature=res5", "model.panoptic_deeplab.aspp_dilations=[6,12,18]"])
+    cases["shapes_res5"] = (res5, size[0], size[1], args.shapes_batch)
     r52 = load_config(Config, R52_CONFIG, ["model.categories=shapes", "input.crop_size=[512,1024]"])
     cases["r52_512x1024"] = (r52, 512, 1024, args.r52_batch)
     configs = {}
@@ -116,7 +121,7 @@ def run_plain(config: Config, warmup: int, iters: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--cases", nargs="+", default=["shapes", "r52_512x1024"])
+    parser.add_argument("--cases", nargs="+", default=["shapes", "shapes_res5", "r52_512x1024"])
     parser.add_argument("--precisions", nargs="+", default=None, help="default: fp32 bf16 (+ fp16 on cuda)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--iters", type=int, default=5)
@@ -153,6 +158,7 @@ def main() -> None:
                     "batch_size": config.solver.batch_size,
                     "crop_size": list(config.input.crop_size),
                     "iterations": iters,
+                    "parameters": sum(p.numel() for p in build_model(config).parameters()),
                     "ours": ours,
                     "plain_loop": plain,
                     "ours_over_plain": ours["images_per_s"] / plain["images_per_s"],
