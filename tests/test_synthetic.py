@@ -302,3 +302,69 @@ def test_thing_textures_scale_with_the_thing_and_hexagons_have_the_circles_area(
     circle = scene._shape_mask(np.random.default_rng(0), "circle", (100, 100), 60 * scene._RADIUS_SCALE["circle"], 0.0, (200, 200))
     hexagon = scene._shape_mask(np.random.default_rng(0), "hexagon", (100, 100), 60 * scene._RADIUS_SCALE["hexagon"], 0.3, (200, 200))
     assert hexagon.sum() == pytest.approx(circle.sum(), rel=0.01)
+
+
+# -- depth rules ---------------------------------------------------------------------------
+# Each rule computed here from the written instances, independently of the generator's code.
+RULES = {
+    "size": lambda a, b: None if a.mask.sum() == b.mask.sum() else a.mask.sum() < b.mask.sum(),
+    "vertical": lambda a, b: None if (ya := np.nonzero(a.mask)[0].mean()) == (yb := np.nonzero(b.mask)[0].mean()) else ya > yb,
+    "class": lambda a, b: None if a.category_id == b.category_id else a.category_id < b.category_id,
+}
+
+
+def rule_share(split_dir: Path, rule: str) -> tuple[float, int]:
+    """Share of the overlapping non-crowd pairs of a written split whose front thing the rule
+    puts in front, and the number of pairs the rule decides."""
+    obeyed = decided = 0
+    for _, instances in iter_split_instances(split_dir):
+        for front, back in occlusion_pairs(instances):
+            says = RULES[rule](instances[front], instances[back])
+            if says is not None:
+                decided += 1
+                obeyed += bool(says)
+    return obeyed / decided, decided
+
+
+@pytest.mark.parametrize(
+    ("rule", "consistency", "low", "high"),
+    [("size", 1.0, 1.0, 1.0), ("vertical", 1.0, 1.0, 1.0), ("class", 1.0, 1.0, 1.0), ("size", 0.8, 0.78, 0.9), ("vertical", 0.5, 0.42, 0.58)],
+)
+def test_depth_rule_holds_for_its_share_of_the_written_overlapping_pairs(tmp_path, rule, consistency, low, high):
+    config = ShapesConfig(height=64, width=80, overlap=0.8, depth_rule=rule, depth_consistency=consistency)
+    split = generate_split(tmp_path, 150, config, seed=3, workers=1)
+    share, decided = rule_share(split, rule)
+    assert decided > 300, "too few overlapping pairs to measure the rule"
+    assert low <= share <= high, (rule, consistency, share)
+
+
+def test_random_placement_order_obeys_no_rule(tmp_path):
+    split = generate_split(tmp_path, 150, ShapesConfig(height=64, width=80, overlap=0.8), seed=3, workers=1)
+    for rule in RULES:
+        assert 0.35 <= rule_share(split, rule)[0] <= 0.65, rule
+
+
+def test_ordered_scenes_keep_every_thing_hidden_or_visible_enough_and_their_depth_consistent():
+    config = ShapesConfig(height=64, width=80, overlap=1.0, max_objects=10, crowd=0.5, void=0.0, depth_rule="size", depth_consistency=0.7)
+    for sample in samples(config, 30):
+        front = front_instance(sample.instances, (64, 80))
+        assert [inst.depth for inst in sample.instances] == list(range(len(sample.instances)))
+        for k, inst in enumerate(sample.instances):
+            visible = int((front == k).sum())
+            assert visible == 0 or visible >= config.min_visible * inst.mask.sum()
+            assert (inst.panoptic_segment_id is None) == (visible == 0)
+
+
+def test_classes_per_image_draws_every_thing_of_an_image_from_that_many_classes():
+    config = ShapesConfig(height=64, width=80, crowd=0.5, classes_per_image=1)
+    classes = [{inst.category_id for inst in sample.instances} for sample in samples(config, 30)]
+    assert all(len(c) <= 1 for c in classes)
+    assert len(set().union(*classes)) >= 4  # the class differs between images
+    two = [{inst.category_id for inst in s.instances} for s in samples(ShapesConfig(height=64, width=80, classes_per_image=2), 30)]
+    assert max(len(c) for c in two) == 2
+
+
+@pytest.mark.parametrize("bad", [{"depth_rule": "depth"}, {"depth_consistency": 1.5}, {"classes_per_image": 7}])
+def test_bad_depth_options_raise_input_error(bad):
+    with pytest.raises(InputError):
+        ShapesConfig(**bad)

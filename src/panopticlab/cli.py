@@ -40,6 +40,15 @@ def _add_synth(subparsers) -> None:
     p.add_argument("--overlap", type=float, default=defaults.overlap, help="chance that an object is placed to overlap another")
     p.add_argument("--crowd", type=float, default=defaults.crowd, help="chance of a crowd clump per image")
     p.add_argument("--void", type=float, default=defaults.void, help="chance of VOID blobs/border per image")
+    p.add_argument(
+        "--depth-rule",
+        choices=["random", "size", "vertical", "class"],
+        default=defaults.depth_rule,
+        help="which of two overlapping things is in front: random (the placement order), size (smaller), "
+        "vertical (lower in the image), class (a fixed class ranking)",
+    )
+    p.add_argument("--depth-consistency", type=float, default=defaults.depth_consistency, help="share of overlapping pairs that obey the rule")
+    p.add_argument("--classes-per-image", type=int, default=defaults.classes_per_image, help="thing classes per image (0: all)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing split (only once the new one is complete)")
     p.add_argument("--pictures", type=int, default=0, metavar="N", help="also draw the first N images to OUT/SPLIT_pictures")
@@ -60,6 +69,9 @@ def _run_synth(args: argparse.Namespace) -> int:
         overlap=args.overlap,
         crowd=args.crowd,
         void=args.void,
+        depth_rule=args.depth_rule,
+        depth_consistency=args.depth_consistency,
+        classes_per_image=args.classes_per_image,
     )
     split_dir = generate_split(
         args.out,
