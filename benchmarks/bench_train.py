@@ -6,6 +6,9 @@ Cases (each in fp32 and with bf16 autocast; ``--device cuda`` also fp16 with its
   up to res4, narrow decoder) on shapes images of its crop size;
 * ``shapes_res5``: the same with the ASPP on res5 at rates 6/12/18 (the demo's network before
   ``aspp_feature: res4``);
+* ``sognet_shapes``: SOGNet's shapes config (``configs/sognet/shapes.yaml``); ``sognet_shapes_before``:
+  the same with the recipe before issue 14 (one anchor size per level, the deformable semantic
+  head, crowds as background, 300 proposals);
 * ``r52_512x1024``: detectron2's R52-DSConv Cityscapes network on 512x1024 crops (shapes
   images of 512x1024 stand in for Cityscapes, so the classifier has the shapes classes).
 
@@ -46,6 +49,14 @@ from panopticlab.progress import no_progress
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES_CONFIG = ROOT / "configs" / "panoptic_deeplab" / "shapes_demo.yaml"
 R52_CONFIG = ROOT / "configs" / "panoptic_deeplab" / "r52_dsconv_cityscapes.yaml"
+SOGNET_CONFIG = ROOT / "configs" / "sognet" / "shapes.yaml"
+#: SOGNet's shapes recipe before issue 14
+SOGNET_BEFORE = [
+    "model.sognet.anchor_sizes=[8,16,32,64,128]",
+    "model.sognet.semantic_conv=deformable",
+    "model.sognet.crowd_ignore_iof=null",
+    "model.sognet.rpn_post_nms_top_n_train=300",
+]
 
 
 def case_configs(args: argparse.Namespace, data_root: Path) -> dict[str, Config]:
@@ -57,6 +68,9 @@ def case_configs(args: argparse.Namespace, data_root: Path) -> dict[str, Config]
     # the demo's network before issue 13: the ASPP on res5 at detectron2's rates
     res5 = load_config(Config, SHAPES_CONFIG, ["model.panoptic_deeplab.aspp_feature=res5", "model.panoptic_deeplab.aspp_dilations=[6,12,18]"])
     cases["shapes_res5"] = (res5, size[0], size[1], args.shapes_batch)
+    for name, overrides in (("sognet_shapes", []), ("sognet_shapes_before", SOGNET_BEFORE)):
+        sognet = load_config(Config, SOGNET_CONFIG, overrides)
+        cases[name] = (sognet, *sognet.input.crop_size, args.shapes_batch)
     r52 = load_config(Config, R52_CONFIG, ["model.categories=shapes", "input.crop_size=[512,1024]"])
     cases["r52_512x1024"] = (r52, 512, 1024, args.r52_batch)
     configs = {}

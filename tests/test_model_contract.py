@@ -164,7 +164,7 @@ def test_config_problems_name_the_file_and_the_key(tmp_path):
         ({"model": {"panoptic_deeplab": {"aspp_pooling_crop_size": [8, 8]}}}, "'model.panoptic_deeplab.aspp_pooling_crop_size' applies with aspp_pooling: crop only"),
         ({"model": {"panoptic_deeplab": {"low_level_features": ["res6"]}}}, "'model.panoptic_deeplab.low_level_features' needs one or more of"),
         ({"model": {"panoptic_deeplab": {"instance_projection_channels": [8]}}}, "'model.panoptic_deeplab.instance_projection_channels' needs one width per low-level feature (2)"),
-        ({"model": {"sognet": {"anchor_sizes": [8, 16]}}}, "'model.sognet.anchor_sizes' needs 5 positive sizes, one per level P2..P6, got (8, 16)"),
+        ({"model": {"sognet": {"anchor_sizes": [8, 16]}}}, "'model.sognet.anchor_sizes' needs 5 levels P2..P6 of positive sizes, got (8, 16)"),
         ({"model": {"sognet": {"heuristic_score_threshold": 0.2}}}, "unknown key 'model.sognet.heuristic_score_threshold'"),
         ({"solver": {"max_iter": 0}}, "'solver.max_iter' must be at least 1, got 0"),
         ({"test": {"batch_size": 0}}, "'test.batch_size' must be at least 1, got 0"),

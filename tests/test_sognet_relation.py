@@ -12,6 +12,7 @@ from panopticlab.masks import overlap_graph
 from panopticlab.models.sognet import (
     RelationModule,
     overlapping_order,
+    panoptic_logits,
     relation_loss,
     relative_box_encoding,
     remove_overlaps,
@@ -293,3 +294,35 @@ def test_pairwise_keeps_autograd_and_handles_empty():
     remove_overlaps_pairwise(x, lambda i, j: o[[i, j]][:, [i, j]]).sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
     assert remove_overlaps_pairwise(torch.zeros(0, 2, 2), lambda i, j: o).shape == (0, 2, 2)
+
+
+# -- the removal confined to the boxes, and instances excluded outside their box -------------
+
+
+def test_removal_within_box_by_hand_on_a_row_of_three_pixels():
+    # instance 0 covers the row (logit 2); instance 1, in front of it (O_01 = 1), only pixel 2
+    # (logit 3) and has the pasted logit 0 on pixels 0-1, outside its box
+    masks = torch.tensor([[[2.0, 2.0, 2.0]], [[0.0, 0.0, 3.0]]])
+    support = torch.tensor([[[True, True, True]], [[False, False, True]]])
+    relation = torch.tensor([[0.0, 1.0], [0.0, 0.0]])
+    s2, s3 = 1 / (1 + math.exp(-2)), 1 / (1 + math.exp(-3))
+    released = remove_overlaps(masks, relation)
+    # the released formula: sigmoid(0) = 0.5 of the occluder eats into pixels 0 and 1 too
+    assert torch.allclose(released[0, 0], torch.tensor([2 - 2 * s2 * 0.5, 2 - 2 * s2 * 0.5, 2 - 2 * s2 * s3]))
+    within = remove_overlaps(masks, relation, support)
+    assert torch.allclose(within[0, 0], torch.tensor([2.0, 2.0, 2 - 2 * s2 * s3]))
+    assert torch.equal(within[1], masks[1])  # nobody is in front of instance 1
+    pairwise = remove_overlaps_pairwise(masks, lambda i, j: relation[[i, j]][:, [i, j]], support)
+    assert torch.allclose(pairwise, within)
+
+
+def test_excluded_instances_cannot_take_pixels_outside_their_box():
+    stuff = torch.full((1, 1, 3), -1.0)  # one stuff class, unsure everywhere
+    semantic = torch.tensor([[[0.0, 0.0, 2.0]]])  # Y, 0 outside the box (pixel 2)
+    masks = torch.tensor([[[0.0, 0.0, 1.0]]])
+    support = torch.tensor([[[False, False, True]]])
+    zero = panoptic_logits(stuff, semantic, masks)
+    assert zero.argmax(dim=0).tolist() == [[1, 1, 1]]  # the released head: logit 0 beats -1
+    excluded = panoptic_logits(stuff, semantic, masks, exclude_outside=support)
+    assert excluded.argmax(dim=0).tolist() == [[0, 0, 1]]
+    assert torch.equal(excluded[:, :, 2], zero[:, :, 2])

@@ -42,8 +42,10 @@ class SOGNetConfig(Section):
     fpn_channels: int = 256
     #: add Linear(GAP(C5)) to the top lateral of the FPN (the released COCO models; UPSNet's fpn_with_gap)
     fpn_global_context: bool = True
-    #: anchor size of each level P2..P6 (one size per level), and the aspect ratios (h / w)
-    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
+    #: anchor sizes of each level P2..P6: one size per level (``[32, 64, ...]``), or a list per
+    #: level (``[[16, 24], [32, 48], ...]``; every level the same number, as the RPN head is
+    #: shared across levels), and the aspect ratios (h / w)
+    anchor_sizes: tuple[int | tuple[int, ...], ...] = (32, 64, 128, 256, 512)
     anchor_aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     #: images are resized so the short side is min_size unless the long side would exceed max_size
     #: (torchvision's rule), at training and at test; then padded to a multiple of size_divisibility
@@ -55,9 +57,19 @@ class SOGNetConfig(Section):
     rpn_pre_nms_top_n_test: int = 1000
     rpn_post_nms_top_n_test: int = 1000
     rpn_nms_threshold: float = 0.7
+    #: an anchor is foreground at IoU >= rpn_fg_iou_threshold with a box, background below rpn_bg_iou_threshold
+    rpn_fg_iou_threshold: float = 0.7
+    rpn_bg_iou_threshold: float = 0.3
     rpn_batch_size_per_image: int = 256
     box_batch_size_per_image: int = 512
     box_positive_fraction: float = 0.25
+    #: a proposal is foreground at IoU >= box_fg_iou_threshold, background below box_bg_iou_threshold
+    box_fg_iou_threshold: float = 0.5
+    box_bg_iou_threshold: float = 0.5
+    #: anchors and proposals covered by a crowd box (intersection over their own area > this) are
+    #: ignored by the RPN and RoI samplers (Detectron's rule, 0.7) instead of trained as background;
+    #: None: crowd regions are background (torchvision, the released code)
+    crowd_ignore_iof: float | None = None
     #: width of the two fully connected layers of the box head
     box_head_channels: int = 1024
     #: width of the four 3x3 convolutions (and the deconvolution) of the mask head
@@ -68,6 +80,8 @@ class SOGNetConfig(Section):
     semantic_num_layers: int = 3
     #: channels of the last two layers (each level's output; the concatenation has 4x this)
     semantic_channels: int = 128
+    #: deformable (the papers) or plain 3x3 convolutions (cheaper on a CPU)
+    semantic_conv: Literal["deformable", "plain"] = "deformable"
 
     # -- relation (relation.RelationModule), SOGNet only -------------------------------------
     relation_category_channels: int = 256
@@ -77,6 +91,11 @@ class SOGNetConfig(Section):
     #: two instances overlap when their intersection is >= this fraction of the smaller mask
     #: (the relation ground truth from amodal masks; at test, from the predicted masks)
     relation_overlap_threshold: float = 0.1
+    #: the removal takes sigmoid(X_j) as 0 outside j's box (train and test); false: the released
+    #: formula, where the 0 logits outside a box act as sigmoid 0.5 on every instance behind it
+    removal_within_box: bool = False
+    #: at test, an instance's panoptic logit outside its box: zero (the released head) or excluded (-inf)
+    test_outside_box: Literal["zero", "excluded"] = "zero"
     #: joint: the factorised removal on all overlapping instances at once (train and test);
     #: pairwise: the released code's sequential, order-dependent loop over pairs (test only)
     relation_inference: Literal["joint", "pairwise"] = "joint"
@@ -123,8 +142,15 @@ class SOGNetConfig(Section):
             found.append(("backbone", "must be resnet50, resnet101 or timm:<model name>"))
         if not 0 <= self.trainable_layers <= 5:
             found.append(("trainable_layers", "must lie in 0..5"))
-        if len(self.anchor_sizes) != 5 or min(self.anchor_sizes) <= 0:
-            found.append(("anchor_sizes", "needs 5 positive sizes, one per level P2..P6"))
+        levels = self.anchor_sizes_per_level
+        if len(levels) != 5 or min(min(level, default=0) for level in levels) <= 0:
+            found.append(("anchor_sizes", "needs 5 levels P2..P6 of positive sizes"))
+        elif len({len(level) for level in levels}) != 1:
+            found.append(("anchor_sizes", "needs the same number of sizes on every level (the RPN head is shared)"))
+        if self.rpn_bg_iou_threshold > self.rpn_fg_iou_threshold:
+            found.append(("rpn_bg_iou_threshold", "must be <= rpn_fg_iou_threshold"))
+        if self.box_bg_iou_threshold > self.box_fg_iou_threshold:
+            found.append(("box_bg_iou_threshold", "must be <= box_fg_iou_threshold"))
         if not self.anchor_aspect_ratios or min(self.anchor_aspect_ratios) <= 0:
             found.append(("anchor_aspect_ratios", "needs positive ratios"))
         if self.min_size < 1 or self.max_size < self.min_size:
@@ -141,10 +167,13 @@ class SOGNetConfig(Section):
         if self.relation_appearance_channels < 0:
             found.append(("relation_appearance_channels", "must be >= 0 (0 = off)"))
         fractions = [
-            "rpn_nms_threshold", "box_positive_fraction", "relation_overlap_threshold", "unknown_keep_fraction",
+            "rpn_nms_threshold", "rpn_fg_iou_threshold", "rpn_bg_iou_threshold", "box_fg_iou_threshold",
+            "box_bg_iou_threshold", "box_positive_fraction", "relation_overlap_threshold", "unknown_keep_fraction",
             "score_threshold", "nms_threshold", "same_class_overlap", "relabel_fraction", "heuristic_min_unoccupied",
         ]  # fmt: skip
         found += [(key, "must lie in [0, 1]") for key in fractions if not 0 <= getattr(self, key) <= 1]
+        if self.crowd_ignore_iof is not None and not 0 < self.crowd_ignore_iof <= 1:
+            found.append(("crowd_ignore_iof", "must lie in (0, 1], or be null"))
         if self.relation_overlap_threshold == 0:
             found.append(("relation_overlap_threshold", "must be > 0 (0 would relate instances that do not touch)"))
         if self.stuff_area < 0:
@@ -152,6 +181,11 @@ class SOGNetConfig(Section):
         weights = ("detector", "semantic", "semantic_roi", "panoptic", "relation")
         found += [(f"{w}_loss_weight", "must be >= 0") for w in weights if getattr(self, f"{w}_loss_weight") < 0]
         return found
+
+    @property
+    def anchor_sizes_per_level(self) -> tuple[tuple[int, ...], ...]:
+        """``anchor_sizes`` with every level as a tuple of sizes."""
+        return tuple(tuple(level) if isinstance(level, tuple) else (level,) for level in self.anchor_sizes)
 
     @property
     def use_relation(self) -> bool:

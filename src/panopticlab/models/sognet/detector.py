@@ -7,9 +7,14 @@ class-agnostic candidate set. So the parts are kept separate (reference sognet.m
 * ``backbone``: ResNet-50/101 (torchvision, frozen BN, ``trainable_layers``) or a timm model,
   + FPN with P6 by max-pooling, optionally with UPSNet's global-context term;
   ``features = backbone(images)`` is an OrderedDict ``'0'..'3'`` (P2..P5, strides 4..32) and ``'pool'`` (P6);
-* ``rpn``: torchvision's :class:`RegionProposalNetwork` on P2..P6;
+* ``rpn``: torchvision's :class:`RegionProposalNetwork` on P2..P6 (one or more anchor sizes
+  per level);
 * ``roi_heads``: torchvision's :class:`RoIHeads` (box head: RoIAlign 7x7 + two FC layers;
   mask head: RoIAlign 14x14, four 3x3 convs, a deconvolution, 28x28 class-specific logits).
+
+Two additions, through subclasses that keep torchvision's parameter names: anchors, proposal
+decoding and box predictions in float32 under autocast; and, as an option, crowd regions
+ignored by the RPN and RoI samplers (``crowd_ignore_iof``).
 
 The detector's labels are ``1..K`` (thing index + 1, see :mod:`.labels`), 0 = background.
 The image transform (normalise, resize, pad) is SOGNet's own (:mod:`.targets`), shared with
@@ -128,6 +133,78 @@ def _freeze_resnet(body: nn.Module, trainable_layers: int) -> None:
             parameter.requires_grad_(False)
 
 
+class Float32AnchorGenerator(AnchorGenerator):
+    """torchvision's anchors, always in float32: it takes their dtype from the feature maps,
+    which are bfloat16 under autocast (0.5-1 px steps at the shapes' sizes)."""
+
+    def forward(self, image_list: ImageList, feature_maps: list[Tensor]) -> list[Tensor]:
+        # zero-stride stand-ins: the generator reads only their shape, dtype and device
+        shapes = [torch.empty_strided(f.shape, (0,) * f.dim(), dtype=torch.float32, device=f.device) for f in feature_maps]
+        return super().forward(image_list, shapes)
+
+
+class Float32RPNHead(RPNHead):
+    """torchvision's RPN head with float32 outputs, so that proposal decoding, filtering and
+    the box loss run in float32 under autocast (the convolutions stay in the autocast dtype)."""
+
+    def forward(self, x: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        logits, deltas = super().forward(x)
+        return [t.float() for t in logits], [t.float() for t in deltas]
+
+
+class Float32BoxPredictor(FastRCNNPredictor):
+    """torchvision's box predictor with float32 class logits and box deltas (see :class:`Float32RPNHead`)."""
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        scores, deltas = super().forward(x)
+        return scores.float(), deltas.float()
+
+
+def crowd_covered(boxes: Tensor, crowd_boxes: Tensor, threshold: float) -> Tensor:
+    """bool [N]: boxes [N, 4] whose intersection with some crowd box [M, 4], over their own
+    area, exceeds ``threshold`` (Detectron's ``CROWD_FILTER_THRESH`` rule)."""
+    if len(crowd_boxes) == 0 or len(boxes) == 0:
+        return torch.zeros(len(boxes), dtype=torch.bool, device=boxes.device)
+    top_left = torch.maximum(boxes[:, None, :2], crowd_boxes[None, :, :2])
+    bottom_right = torch.minimum(boxes[:, None, 2:], crowd_boxes[None, :, 2:])
+    intersection = (bottom_right - top_left).clamp(min=0).prod(dim=2)  # [N, M]
+    area = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0).prod(dim=1)
+    return (intersection / area.clamp(min=1e-6)[:, None]).amax(dim=1) > threshold
+
+
+class CrowdAwareRPN(RegionProposalNetwork):
+    """torchvision's RPN whose background anchors covered by a crowd box (``targets[i]
+    ["crowd_boxes"]``, intersection over the anchor's area > ``crowd_ignore_iof``) are ignored
+    by the sampler instead of trained as background. ``crowd_ignore_iof=None``: torchvision's RPN."""
+
+    def __init__(self, *args, crowd_ignore_iof: float | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.crowd_ignore_iof = crowd_ignore_iof
+
+    def assign_targets_to_anchors(self, anchors: list[Tensor], targets: list[dict[str, Tensor]]) -> tuple[list[Tensor], list[Tensor]]:
+        labels, matched_boxes = super().assign_targets_to_anchors(anchors, targets)
+        if self.crowd_ignore_iof is not None:
+            for anchors_per_image, labels_per_image, target in zip(anchors, labels, targets):
+                covered = crowd_covered(anchors_per_image, target["crowd_boxes"], self.crowd_ignore_iof)
+                labels_per_image[covered & (labels_per_image == 0)] = -1.0
+        return labels, matched_boxes
+
+
+class CrowdAwareRoIHeads(RoIHeads):
+    """torchvision's RoI heads whose training proposals covered by a crowd box (as in
+    :class:`CrowdAwareRPN`) are left out of the sampling (Detectron's ``_filter_crowd_proposals``).
+    The ground-truth boxes torchvision adds to the proposals are never left out."""
+
+    def __init__(self, *args, crowd_ignore_iof: float | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.crowd_ignore_iof = crowd_ignore_iof
+
+    def select_training_samples(self, proposals: list[Tensor], targets: list[dict[str, Tensor]] | None):
+        if self.crowd_ignore_iof is not None and targets is not None:
+            proposals = [p[~crowd_covered(p, t["crowd_boxes"], self.crowd_ignore_iof)] for p, t in zip(proposals, targets)]
+        return super().select_training_samples(proposals, targets)
+
+
 class Detector(nn.Module):
     """Backbone + FPN, RPN and RoI heads of a torchvision Mask R-CNN (no image transform).
 
@@ -146,25 +223,27 @@ def build_detector(config: SOGNetConfig, num_thing_classes: int) -> Detector:
     backbone = build_backbone_fpn(config)
     channels = backbone.out_channels
     ratios = tuple(float(r) for r in config.anchor_aspect_ratios)
-    anchors = AnchorGenerator(tuple((int(s),) for s in config.anchor_sizes), (ratios,) * len(config.anchor_sizes))
-    rpn = RegionProposalNetwork(
+    sizes = config.anchor_sizes_per_level
+    anchors = Float32AnchorGenerator(sizes, (ratios,) * len(sizes))
+    rpn = CrowdAwareRPN(
         anchors,
-        RPNHead(channels, len(ratios)),
-        fg_iou_thresh=0.7,
-        bg_iou_thresh=0.3,
+        Float32RPNHead(channels, len(sizes[0]) * len(ratios)),
+        fg_iou_thresh=config.rpn_fg_iou_threshold,
+        bg_iou_thresh=config.rpn_bg_iou_threshold,
         batch_size_per_image=config.rpn_batch_size_per_image,
         positive_fraction=0.5,
         pre_nms_top_n={"training": config.rpn_pre_nms_top_n_train, "testing": config.rpn_pre_nms_top_n_test},
         post_nms_top_n={"training": config.rpn_post_nms_top_n_train, "testing": config.rpn_post_nms_top_n_test},
         nms_thresh=config.rpn_nms_threshold,
+        crowd_ignore_iof=config.crowd_ignore_iof,
     )
     levels = list(FPN_LEVELS)
-    roi_heads = RoIHeads(
+    roi_heads = CrowdAwareRoIHeads(
         box_roi_pool=MultiScaleRoIAlign(levels, output_size=7, sampling_ratio=2),
         box_head=TwoMLPHead(channels * 7 * 7, config.box_head_channels),
-        box_predictor=FastRCNNPredictor(config.box_head_channels, num_thing_classes + 1),
-        fg_iou_thresh=0.5,
-        bg_iou_thresh=0.5,
+        box_predictor=Float32BoxPredictor(config.box_head_channels, num_thing_classes + 1),
+        fg_iou_thresh=config.box_fg_iou_threshold,
+        bg_iou_thresh=config.box_bg_iou_threshold,
         batch_size_per_image=config.box_batch_size_per_image,
         positive_fraction=config.box_positive_fraction,
         bbox_reg_weights=None,  # (10, 10, 5, 5)
@@ -174,6 +253,7 @@ def build_detector(config: SOGNetConfig, num_thing_classes: int) -> Detector:
         mask_roi_pool=MultiScaleRoIAlign(levels, output_size=14, sampling_ratio=2),
         mask_head=MaskRCNNHeads(channels, (config.mask_head_channels,) * 4, 1),
         mask_predictor=MaskRCNNPredictor(config.mask_head_channels, config.mask_head_channels, num_thing_classes + 1),
+        crowd_ignore_iof=config.crowd_ignore_iof,
     )
     return Detector(backbone, rpn, roi_heads)
 

@@ -65,6 +65,7 @@ from panopticlab.models.sognet.overlap_removal import (
     remove_overlaps_pairwise,
 )
 from panopticlab.models.sognet.panoptic_head import (
+    box_support,
     crop_to_boxes,
     panoptic_logits,
     panoptic_loss,
@@ -144,7 +145,9 @@ class SOGNet(PanopticModel):
         height, width = images.tensors.shape[-2:]
 
         features = self.detector.backbone(images.tensors)
-        detector_targets = [{"boxes": t["boxes"], "labels": t["labels"] + 1, "masks": t["masks"]} for t in targets]
+        detector_targets = [
+            {"boxes": t["boxes"], "labels": t["labels"] + 1, "masks": t["masks"], "crowd_boxes": t["crowd_boxes"]} for t in targets
+        ]
         losses = {
             name: settings.detector_loss_weight * value
             for name, value in detector_losses(self.detector, images, features, detector_targets).items()
@@ -179,7 +182,8 @@ class SOGNet(PanopticModel):
             canvas_boxes = boxes[b] / 4
             masks = paste_mask_logits(mask_logits[b], canvas_boxes, height // 4, width // 4)
             if self.relation is not None:
-                masks, relation = self._resolve(masks, labels, boxes[b], appearance[b], t["relation"][k][:, k])
+                support = box_support(canvas_boxes, height // 4, width // 4) if self.training_settings.removal_within_box else None
+                masks, relation = self._resolve(masks, labels, boxes[b], appearance[b], t["relation"][k][:, k], support=support)
                 relation_losses.append(relation)
             logits = self._panoptic_logits(
                 semantic[b], masks, labels, canvas_boxes, x2mask=self.training_settings.x2mask, unknown=self.training_settings.unknown_class
@@ -219,6 +223,7 @@ class SOGNet(PanopticModel):
         overlap: Tensor,
         *,
         pairwise: bool = False,
+        support: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Overlap removal among the instances that overlap another one.
 
@@ -228,6 +233,8 @@ class SOGNet(PanopticModel):
             appearance: float [N, F] pooled mask-head features.
             overlap: float [N, N], which instances overlap (G in training; predicted masks at test).
             pairwise: the released code's sequential loop instead of the joint formula.
+            support: optional bool [N, H, W], each box on the canvas: the removal's sigmoid is 0
+                outside it (``removal_within_box``).
 
         Returns:
             the resolved logits [N, H, W] (the others unchanged) and the relation loss
@@ -238,21 +245,24 @@ class SOGNet(PanopticModel):
         loss = relation_loss(relation, overlap[subset][:, subset])
         if len(subset) < 2:
             return masks, loss
+        subset_support = None if support is None else support[subset]
         if pairwise:
-            resolved = remove_overlaps_pairwise(masks[subset], lambda i, j: relation[[i, j]][:, [i, j]])
+            resolved = remove_overlaps_pairwise(masks[subset], lambda i, j: relation[[i, j]][:, [i, j]], subset_support)
         else:
-            resolved = remove_overlaps(masks[subset], relation)
+            resolved = remove_overlaps(masks[subset], relation, subset_support)
         return masks.index_copy(0, subset, resolved), loss
 
     def _panoptic_logits(
-        self, semantic: Tensor, masks: Tensor, labels: Tensor, boxes: Tensor, *, x2mask: bool, unknown: bool
+        self, semantic: Tensor, masks: Tensor, labels: Tensor, boxes: Tensor, *, x2mask: bool, unknown: bool, exclude_outside: bool = False
     ) -> Tensor:
         """``[stuff ; instances (; unknown)]`` on the canvas of ``semantic`` [C, H, W]; ``masks`` the
-        resolved mask logits [N, H, W], ``labels`` thing indices, ``boxes`` in canvas pixels."""
+        resolved mask logits [N, H, W], ``labels`` thing indices, ``boxes`` in canvas pixels;
+        ``exclude_outside``: instance channels -inf outside their box."""
         instance_semantic = crop_to_boxes(semantic[self.labels.thing_contiguous(labels)], boxes)
         unknown_channel = unknown_logits(semantic[self.labels.things], instance_semantic) if unknown else None
+        outside = box_support(boxes.float(), *semantic.shape[-2:]) if exclude_outside else None
         return panoptic_logits(
-            semantic[self.labels.stuff], instance_semantic, masks, x2mask=x2mask, unknown_logits=unknown_channel
+            semantic[self.labels.stuff], instance_semantic, masks, x2mask=x2mask, unknown_logits=unknown_channel, exclude_outside=outside
         )
 
     # -- inference -------------------------------------------------------------------------
@@ -308,8 +318,11 @@ class SOGNet(PanopticModel):
             boxes, input_boxes, appearance = boxes[keep], input_boxes[keep], appearance[0][keep]
             if self.relation is not None:
                 overlap = overlap_graph(masks > 0, s.overlap_threshold)
-                masks, _ = self._resolve(masks, labels, input_boxes, appearance, overlap, pairwise=s.pairwise_relation)
-            logits = self._panoptic_logits(semantic, masks, labels, boxes, x2mask=s.x2mask, unknown=s.unknown_class)
+                support = box_support(boxes.float(), height, width) if s.removal_within_box else None
+                masks, _ = self._resolve(masks, labels, input_boxes, appearance, overlap, pairwise=s.pairwise_relation, support=support)
+            logits = self._panoptic_logits(
+                semantic, masks, labels, boxes, x2mask=s.x2mask, unknown=s.unknown_class, exclude_outside=s.exclude_outside_box
+            )
             instance, category = panoptic_assignment(
                 logits,
                 semantic_argmax,
@@ -377,7 +390,11 @@ def build_sognet_model(config: SOGNetConfig, categories: Categories) -> SOGNet:
     labels = LabelSpace(categories)
     detector = build_detector(config, labels.num_things)
     semantic_head = SemanticHead(
-        detector.backbone.out_channels, len(categories), config.semantic_num_layers, config.semantic_channels
+        detector.backbone.out_channels,
+        len(categories),
+        config.semantic_num_layers,
+        config.semantic_channels,
+        deformable=config.semantic_conv == "deformable",
     )
     relation = None
     if config.use_relation:

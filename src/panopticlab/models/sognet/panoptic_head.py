@@ -101,6 +101,7 @@ def panoptic_logits(
     *,
     x2mask: bool = False,
     unknown_logits: Tensor | None = None,
+    exclude_outside: Tensor | None = None,
 ) -> Tensor:
     """Stack the per-pixel panoptic logits ``[stuff ; instances (; unknown)]``.
 
@@ -111,6 +112,9 @@ def panoptic_logits(
         x2mask: False: ``Y + X~`` (training, and UPSNet throughout); True: ``X~ + 2 Y sigmoid(X~)``
             (the released SOGNet at test).
         unknown_logits: optional float [H, W] (:func:`unknown_logits`), appended as the last channel.
+        exclude_outside: optional bool [N, H, W], each instance's box (:func:`box_support`): its
+            channel is -inf outside, so it cannot take a pixel there (the released head gives it
+            the logit 0 there, which beats negative stuff logits).
 
     Returns:
         float [S + N (+ 1), H, W].
@@ -124,6 +128,8 @@ def panoptic_logits(
         instances = resolved_mask_logits + 2 * instance_semantic_logits * torch.sigmoid(resolved_mask_logits)
     else:
         instances = instance_semantic_logits + resolved_mask_logits
+    if exclude_outside is not None:
+        instances = torch.where(exclude_outside, instances, instances.new_full((), float("-inf")))
     channels = [stuff_logits, instances]
     if unknown_logits is not None:
         channels.append(unknown_logits[None])

@@ -44,6 +44,19 @@ class DeformableConvLayer(nn.Module):
         return F.relu(self.conv(x, self.offset(x)))
 
 
+class PlainConvLayer(nn.Module):
+    """ReLU(Conv3x3(x)): the cheaper stand-in for :class:`DeformableConvLayer` (same init)."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        nn.init.kaiming_normal_(self.conv.weight, mode="fan_out", nonlinearity="relu")
+        nn.init.zeros_(self.conv.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.conv(x))
+
+
 class SemanticHead(nn.Module):
     """Deformable FCN shared over P2..P5 -> semantic logits at stride 4.
 
@@ -52,15 +65,18 @@ class SemanticHead(nn.Module):
         num_classes: C, all categories (contiguous ids).
         num_layers: deformable layers in the shared sub-network (>= 1).
         channels: width of each level's output (the concatenation has ``4 * channels``).
+        deformable: deformable 3x3 convolutions (UPSNet, SOGNet) or plain ones (cheaper: the
+            deformable backward is slow on CPUs).
     """
 
-    def __init__(self, in_channels: int, num_classes: int, num_layers: int = 3, channels: int = 128):
+    def __init__(self, in_channels: int, num_classes: int, num_layers: int = 3, channels: int = 128, deformable: bool = True):
         super().__init__()
+        layer = DeformableConvLayer if deformable else PlainConvLayer
         layers = []
         width = in_channels
         for k in range(num_layers):
             out = channels if k >= num_layers - 2 else width
-            layers.append(DeformableConvLayer(width, out))
+            layers.append(layer(width, out))
             width = out
         self.subnet = nn.Sequential(*layers)
         self.classifier = nn.Conv2d(4 * channels, num_classes, 1)

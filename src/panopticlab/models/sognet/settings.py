@@ -51,6 +51,8 @@ class TrainingSettings:
     unknown_keep_fraction: float = 0.7
     #: the relation ground truth's overlap fraction (of the smaller amodal mask)
     overlap_threshold: float = 0.1
+    #: sigmoid of the mask logits taken as 0 outside each box inside the removal
+    removal_within_box: bool = False
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,9 @@ class InferenceSettings:
     #: which predicted masks overlap (the instances that go through the relation module)
     overlap_threshold: float = 0.1
     min_unoccupied: float = 0.7
+    removal_within_box: bool = False
+    #: an instance's panoptic logit is -inf outside its box (else 0, the released head)
+    exclude_outside_box: bool = False
 
     @property
     def class_agnostic(self) -> bool:
@@ -97,6 +102,7 @@ def resolve_settings(config: SOGNetConfig) -> tuple[InputSizing, TrainingSetting
         unknown_class=config.use_unknown_class,
         unknown_keep_fraction=config.unknown_keep_fraction,
         overlap_threshold=config.relation_overlap_threshold,
+        removal_within_box=config.removal_within_box,
     )
     inference = InferenceSettings(
         merge="heuristic" if config.panoptic == "heuristic" else "panoptic_head",
@@ -111,5 +117,7 @@ def resolve_settings(config: SOGNetConfig) -> tuple[InputSizing, TrainingSetting
         pairwise_relation=config.relation_inference == "pairwise",
         overlap_threshold=config.relation_overlap_threshold,
         min_unoccupied=config.heuristic_min_unoccupied,
+        removal_within_box=config.removal_within_box,
+        exclude_outside_box=config.test_outside_box == "excluded",
     )
     return sizing, training, inference

@@ -11,7 +11,9 @@ processes after the augmentation, resizes the item to the network's input size (
   ``boxes`` float [N, 4] (x0, y0, x1, y1), ``labels`` int64 [N] thing indices 0..K-1, ``masks``
   bool [N, H, W] (amodal where the dataset has amodal masks: the detector learns whole
   objects), ``segment_ids`` int64 [N] (each one's visible segment) and ``relation`` float [N, N]
-  (the relation ground truth from the masks, reference §5.1).
+  (the relation ground truth from the masks, reference §5.1);
+* ``crowd_boxes``: float [M, 4], the boxes of the visible crowd segments of thing classes
+  (which the detector's samplers may ignore, ``crowd_ignore_iof``).
 
 Instances come from ``item["instances"]`` (an instances JSON beside the panoptic one: the shapes
 dataset's amodal masks, or COCO's ``instances_*.json`` joined to the panoptic segments by
@@ -123,6 +125,8 @@ def training_targets(item: Item, labels: LabelSpace, category_ids: dict[int, int
         contiguous = torch.tensor([segment_labels[i] for i in ids], dtype=torch.int64)
         masks = id_map[None] == segment_ids[:, None, None].to(id_map.dtype)
     masks = masks.bool()
+    crowd = [s.id for s in panoptic.segments if s.iscrowd and segment_labels[s.id] in thing_set]
+    crowd_masks = id_map[None] == torch.tensor(crowd, dtype=id_map.dtype)[:, None, None]
     return {
         "semantic": semantic,
         "id_map": id_map,
@@ -132,6 +136,7 @@ def training_targets(item: Item, labels: LabelSpace, category_ids: dict[int, int
         "masks": masks,
         "segment_ids": segment_ids.to(torch.int64),
         "relation": overlap_graph(masks, overlap_threshold),
+        "crowd_boxes": masks_to_boxes(crowd_masks),
     }
 
 
