@@ -253,16 +253,23 @@ class SOGNet(PanopticModel):
         return masks.index_copy(0, subset, resolved), loss
 
     def _panoptic_logits(
-        self, semantic: Tensor, masks: Tensor, labels: Tensor, boxes: Tensor, *, x2mask: bool, unknown: bool, exclude_outside: bool = False
+        self,
+        semantic: Tensor,
+        masks: Tensor,
+        labels: Tensor,
+        boxes: Tensor,
+        *,
+        x2mask: bool,
+        unknown: bool,
+        exclude_outside: Tensor | None = None,
     ) -> Tensor:
         """``[stuff ; instances (; unknown)]`` on the canvas of ``semantic`` [C, H, W]; ``masks`` the
         resolved mask logits [N, H, W], ``labels`` thing indices, ``boxes`` in canvas pixels;
-        ``exclude_outside``: instance channels -inf outside their box."""
+        ``exclude_outside``: the boxes' support (bool [N, H, W]), instance channels -inf outside it."""
         instance_semantic = crop_to_boxes(semantic[self.labels.thing_contiguous(labels)], boxes)
         unknown_channel = unknown_logits(semantic[self.labels.things], instance_semantic) if unknown else None
-        outside = box_support(boxes.float(), *semantic.shape[-2:]) if exclude_outside else None
         return panoptic_logits(
-            semantic[self.labels.stuff], instance_semantic, masks, x2mask=x2mask, unknown_logits=unknown_channel, exclude_outside=outside
+            semantic[self.labels.stuff], instance_semantic, masks, x2mask=x2mask, unknown_logits=unknown_channel, exclude_outside=exclude_outside
         )
 
     # -- inference -------------------------------------------------------------------------
@@ -316,13 +323,16 @@ class SOGNet(PanopticModel):
             keep = same_class_removal(masks > 0, labels, s.same_class_overlap)
             masks, labels, contiguous, scores = masks[keep], labels[keep], contiguous[keep], scores[keep]
             boxes, input_boxes, appearance = boxes[keep], input_boxes[keep], appearance[0][keep]
+            # each box on the image, computed once for the options that need it
+            support = box_support(boxes.float(), height, width) if s.removal_within_box or s.exclude_outside_box else None
             if self.relation is not None:
                 overlap = overlap_graph(masks > 0, s.overlap_threshold)
-                support = box_support(boxes.float(), height, width) if s.removal_within_box else None
-                masks, _ = self._resolve(masks, labels, input_boxes, appearance, overlap, pairwise=s.pairwise_relation, support=support)
+                removal_support = support if s.removal_within_box else None
+                masks, _ = self._resolve(masks, labels, input_boxes, appearance, overlap, pairwise=s.pairwise_relation, support=removal_support)
             logits = self._panoptic_logits(
-                semantic, masks, labels, boxes, x2mask=s.x2mask, unknown=s.unknown_class, exclude_outside=s.exclude_outside_box
-            )
+                semantic, masks, labels, boxes, x2mask=s.x2mask, unknown=s.unknown_class,
+                exclude_outside=support if s.exclude_outside_box else None,
+            )  # fmt: skip
             instance, category = panoptic_assignment(
                 logits,
                 semantic_argmax,
