@@ -18,6 +18,7 @@ from panopticlab.models.sognet import (
     remove_overlaps,
     remove_overlaps_pairwise,
 )
+from panopticlab.models.sognet.relation import intersection_boxes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -326,3 +327,43 @@ def test_excluded_instances_cannot_take_pixels_outside_their_box():
     excluded = panoptic_logits(stuff, semantic, masks, exclude_outside=support)
     assert excluded.argmax(dim=0).tolist() == [[0, 0, 1]]
     assert torch.equal(excluded[:, :, 2], zero[:, :, 2])
+
+
+def test_intersection_boxes_by_hand():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [5.0, 2, 20, 8], [30.0, 30, 40, 40]])
+    shared, meets = intersection_boxes(boxes)
+    shared = shared.view(3, 3, 4)
+    assert shared[0, 1].tolist() == [5.0, 2, 10, 8] == shared[1, 0].tolist()
+    assert shared[0, 0].tolist() == boxes[0].tolist()
+    # no overlap: a zero-size box at the larger corner, and meets is False
+    assert shared[0, 2].tolist() == [30.0, 30, 30, 30]
+    assert meets.tolist() == [[True, True, False], [True, True, False], [False, False, True]]
+
+
+def test_pair_appearance_term_orders_a_pair_that_class_and_box_cannot():
+    torch.manual_seed(5)
+    module = RelationModule(3, category_channels=4, geometry_channels=4, pair_appearance_channels=6, region_in_channels=5)
+    labels, boxes = torch.tensor([1, 1]), torch.tensor([[0.0, 0, 10, 10], [0.0, 0, 10, 10]])
+    with pytest.raises(ValueError, match="pair appearance"):
+        module(labels, boxes)
+    own, shared = torch.randn(2, 5), torch.randn(5)
+    shared = shared.expand(2, 2, 5)  # the intersection is the same region for (i, j) and (j, i)
+    relation = module(labels, boxes, regions=(own, shared))
+    assert relation.sum() > 0 and bool((relation * relation.T == 0).all())
+    # swapping the instances' own features swaps who is in front
+    swapped = module(labels, boxes, regions=(own[[1, 0]], shared))
+    torch.testing.assert_close(swapped, relation.T)
+    # nothing tells them apart: no order
+    assert module(labels, boxes, regions=(own[[0, 0]], shared)).sum() == 0
+
+
+def test_pair_appearance_relation_is_permutation_equivariant():
+    generator = torch.Generator().manual_seed(6)
+    module = RelationModule(4, category_channels=4, geometry_channels=4, pair_appearance_channels=3, region_in_channels=2)
+    labels, boxes = torch.tensor([0, 3, 1]), random_boxes(3, generator)
+    own, raw = torch.randn(3, 2, generator=generator), torch.randn(3, 3, 2, generator=generator)
+    shared = raw + raw.transpose(0, 1)
+    order = torch.tensor([2, 0, 1])
+    relation = module(labels, boxes, regions=(own, shared))
+    permuted = module(labels[order], boxes[order], regions=(own[order], shared[order][:, order]))
+    torch.testing.assert_close(permuted, relation[order][:, order])

@@ -74,6 +74,13 @@ class SOGNetConfig(Section):
     box_head_channels: int = 1024
     #: width of the four 3x3 convolutions (and the deconvolution) of the mask head
     mask_head_channels: int = 256
+    #: what the mask head learns: the whole (amodal) instance where the data has it, or only its
+    #: visible segment (what a merge that pastes masks side by side needs)
+    mask_target: Literal["amodal", "visible"] = "amodal"
+    #: full: Mask R-CNN's five losses; mask_head_only: only the mask loss, on the ground-truth
+    #: boxes (no RPN, no box head), for models that merge given boxes and classes
+    #: (``SOGNet.merge_given``, the relation experiment's merge-only arms)
+    detector_training: Literal["full", "mask_head_only"] = "full"
 
     # -- semantic head (semantic_head.SemanticHead) ------------------------------------------
     #: deformable 3x3 conv layers (3 on COCO, 2 in UPSNet's Cityscapes model)
@@ -88,6 +95,9 @@ class SOGNetConfig(Section):
     relation_geometry_channels: int = 128
     #: appearance embedding from average-pooled mask-head features; 0 = off (the released model)
     relation_appearance_channels: int = 0
+    #: pair appearance embedding from the FPN features of the two boxes and of their
+    #: intersection (relation.RelationModule); 0 = off (the released model)
+    relation_pair_appearance_channels: int = 0
     #: two instances overlap when their intersection is >= this fraction of the smaller mask
     #: (the relation ground truth from amodal masks; at test, from the predicted masks)
     relation_overlap_threshold: float = 0.1
@@ -164,8 +174,9 @@ class SOGNetConfig(Section):
             "relation_category_channels", "relation_geometry_channels", "max_instances",
         ]  # fmt: skip
         found += [(key, "must be at least 1") for key in positive if getattr(self, key) < 1]
-        if self.relation_appearance_channels < 0:
-            found.append(("relation_appearance_channels", "must be >= 0 (0 = off)"))
+        for key in ("relation_appearance_channels", "relation_pair_appearance_channels"):
+            if getattr(self, key) < 0:
+                found.append((key, "must be >= 0 (0 = off)"))
         fractions = [
             "rpn_nms_threshold", "rpn_fg_iou_threshold", "rpn_bg_iou_threshold", "box_fg_iou_threshold",
             "box_bg_iou_threshold", "box_positive_fraction", "relation_overlap_threshold", "unknown_keep_fraction",

@@ -45,6 +45,9 @@ class ImageMatch:
             confusion-matrix entries; pred_category C means predicted VOID. Pixels on
             ground-truth VOID (or on unlisted ground-truth ids) are left out.
         instances: optional instance masks for AP, filled by the caller (see ``instance.py``).
+        tp_ids: int64 [TP, 2], the (ground-truth id, predicted id) of each match.
+        fp_ids: int64 [FP], the predicted id of each false positive.
+        fn_ids: int64 [FN], the ground-truth id of each false negative.
     """
 
     image_id: Any
@@ -54,6 +57,9 @@ class ImageMatch:
     fn_category: np.ndarray
     semantic: tuple[np.ndarray, np.ndarray, np.ndarray]
     instances: Any = None
+    tp_ids: np.ndarray | None = None
+    fp_ids: np.ndarray | None = None
+    fn_ids: np.ndarray | None = None
 
 
 def _lookup(sorted_ids: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -149,6 +155,9 @@ def match_image(
         fp_category=pred.category[fp],
         fn_category=gt.category[fn],
         semantic=_semantic_entries(hist, gt, pred, gt_index, gt_known, pred_index, pred_known, categories),
+        tp_ids=np.stack([gt.ids[g[matched]], pred.ids[p[matched]]], axis=1).astype(np.int64),
+        fp_ids=pred.ids[fp].astype(np.int64),
+        fn_ids=gt.ids[fn].astype(np.int64),
     )
 
 

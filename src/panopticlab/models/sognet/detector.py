@@ -34,7 +34,7 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.roi_heads import RoIHeads, project_masks_on_boxes
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops import boxes as box_ops
@@ -303,6 +303,48 @@ def mask_head_outputs(
     all_labels = torch.cat(labels)
     logits = logits[torch.arange(len(all_labels), device=logits.device), all_labels]
     return list(logits.split(counts)), list(mask_features.mean(dim=(2, 3)).split(counts))
+
+
+def pooled_region_features(
+    detector: Detector, features: OrderedDict[str, Tensor], boxes: list[Tensor], image_sizes: list[tuple[int, int]]
+) -> list[Tensor]:
+    """The FPN features under each box, through the mask head's RoIAlign, average-pooled.
+
+    Args:
+        boxes: per image float [N_b, 4] in input pixels (zero-size boxes are allowed).
+
+    Returns:
+        per image float [N_b, fpn_channels] (the relation's region features).
+    """
+    counts = [len(b) for b in boxes]
+    if sum(counts) == 0:
+        empty = features[FPN_LEVELS[0]].new_zeros((0, features[FPN_LEVELS[0]].shape[1]))
+        return [empty] * len(boxes)
+    pooled = detector.roi_heads.mask_roi_pool(features, boxes, image_sizes)  # [sum N, C, 14, 14]
+    return list(pooled.mean(dim=(2, 3)).split(counts))
+
+
+def mask_head_loss(mask_logits: list[Tensor], boxes: list[Tensor], masks: list[Tensor]) -> Tensor:
+    """Mask R-CNN's mask loss on given boxes: binary cross-entropy of each box's logits against
+    its instance mask resampled into the box (torchvision's ``project_masks_on_boxes``), the
+    mean over every instance of the batch.
+
+    Args:
+        mask_logits: per image float [N_b, M, M], the logits of each instance's class
+            (:func:`mask_head_outputs`).
+        boxes: per image float [N_b, 4] in input pixels; masks: per image bool [N_b, H_b, W_b].
+
+    Returns:
+        float scalar (0, still connected, when there is no instance).
+    """
+    logits = torch.cat(mask_logits)
+    if len(logits) == 0:
+        return logits.sum() * 0.0
+    size = logits.shape[-1]
+    targets = [
+        project_masks_on_boxes(m.float(), b, torch.arange(len(b), device=b.device), size) for m, b in zip(masks, boxes) if len(b)
+    ]
+    return F.binary_cross_entropy_with_logits(logits.float(), torch.cat(targets))
 
 
 def detect(

@@ -20,7 +20,9 @@ Inference: class-agnostic candidates (score > 0.6, NMS 0.5, <= 100), their mask 
 at the image's resolution, same-class removal (30 %), the relation + removal on the
 instances whose predicted masks overlap, the ``x2mask`` panoptic logits, argmax,
 majority-class relabelling and the stuff area limit. ``panoptic: heuristic`` merges
-torchvision's per-class detections with the semantic argmax instead.
+torchvision's per-class detections with the semantic argmax instead. ``merge_given`` runs the
+same merge on given boxes and classes (detection skipped), for models trained with
+``detector_training: mask_head_only`` (the mask loss on the GT boxes instead of Mask R-CNN's five).
 
 :func:`build_sognet_model` resolves a ``model.sognet`` section once (``settings.py``); the model
 keeps the resolved settings, never the section.
@@ -29,6 +31,7 @@ keeps the resolved settings, never the section.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -49,7 +52,9 @@ from panopticlab.models.sognet.detector import (
     build_detector,
     detect,
     detector_losses,
+    mask_head_loss,
     mask_head_outputs,
+    pooled_region_features,
 )
 from panopticlab.models.sognet.inference import (
     assemble_result,
@@ -73,7 +78,7 @@ from panopticlab.models.sognet.panoptic_head import (
     paste_mask_logits,
     unknown_logits,
 )
-from panopticlab.models.sognet.relation import RelationModule, overlapping_order, relation_loss
+from panopticlab.models.sognet.relation import RelationModule, intersection_boxes, overlapping_order, relation_loss
 from panopticlab.models.sognet.semantic_head import SemanticHead, semantic_loss, semantic_roi_loss
 from panopticlab.models.sognet.settings import InferenceSettings, InputSizing, TrainingSettings, resolve_settings
 from panopticlab.models.sognet.targets import (
@@ -145,45 +150,59 @@ class SOGNet(PanopticModel):
         height, width = images.tensors.shape[-2:]
 
         features = self.detector.backbone(images.tensors)
-        detector_targets = [
-            {"boxes": t["boxes"], "labels": t["labels"] + 1, "masks": t["masks"], "crowd_boxes": t["crowd_boxes"]} for t in targets
-        ]
-        losses = {
-            name: settings.detector_loss_weight * value
-            for name, value in detector_losses(self.detector, images, features, detector_targets).items()
-        }
+        boxes = [t["boxes"] for t in targets]
+        detector_labels = [t["labels"] + 1 for t in targets]
+        mask_targets = [_visible_masks(t) if settings.visible_mask_targets else t["masks"] for t in targets]
+        mask_outputs = None
+        if settings.mask_head_only:
+            mask_outputs = mask_head_outputs(self.detector, features, boxes, detector_labels, images.image_sizes)
+            losses = {"loss_mask": settings.detector_loss_weight * mask_head_loss(mask_outputs[0], boxes, mask_targets)}
+        else:
+            detector_targets = [
+                {"boxes": b, "labels": c, "masks": m, "crowd_boxes": t["crowd_boxes"]}
+                for b, c, m, t in zip(boxes, detector_labels, mask_targets, targets)
+            ]
+            losses = {
+                name: settings.detector_loss_weight * value
+                for name, value in detector_losses(self.detector, images, features, detector_targets).items()
+            }
         semantic, fused = self.semantic_head([features[level] for level in FPN_LEVELS])
         semantic_target = torch.stack([pad_to(t["semantic"].long(), height, width, IGNORE_LABEL) for t in targets])
         losses["loss_sem_seg"] = settings.semantic_loss_weight * semantic_loss(semantic, semantic_target)
-        boxes = [t["boxes"] for t in targets]
         losses["loss_sem_roi"] = settings.semantic_roi_loss_weight * semantic_roi_loss(
             fused, self.semantic_head.classifier, boxes, semantic_target
         )
         if settings.panoptic_loss:
-            panoptic, relation = self._panoptic_losses(features, semantic, targets, images)
+            if mask_outputs is None:
+                mask_outputs = mask_head_outputs(self.detector, features, boxes, detector_labels, images.image_sizes)
+            panoptic, relation = self._panoptic_losses(features, semantic, targets, images, mask_outputs)
             losses["loss_panoptic"] = settings.panoptic_loss_weight * panoptic
             if self.relation is not None:
                 losses["loss_relation"] = settings.relation_loss_weight * relation
         return losses
 
     def _panoptic_losses(
-        self, features: dict[str, Tensor], semantic: Tensor, targets: list[dict[str, Any]], images: ImageList
+        self,
+        features: dict[str, Tensor],
+        semantic: Tensor,
+        targets: list[dict[str, Any]],
+        images: ImageList,
+        mask_outputs: tuple[list[Tensor], list[Tensor]],
     ) -> tuple[Tensor, Tensor]:
-        """The panoptic and relation losses, each averaged over the images of the batch."""
+        """The panoptic and relation losses, each averaged over the images of the batch;
+        ``mask_outputs``: :func:`mask_head_outputs` on every image's GT boxes."""
         height, width = images.tensors.shape[-2:]
-        kept = [self._panoptic_instances(len(t["labels"])) for t in targets]
-        boxes = [t["boxes"][k] for t, k in zip(targets, kept)]
-        detector_labels = [t["labels"][k] + 1 for t, k in zip(targets, kept)]
-        mask_logits, appearance = mask_head_outputs(self.detector, features, boxes, detector_labels, images.image_sizes)
         panoptic_losses, relation_losses = [], []
         for b, t in enumerate(targets):
-            k = kept[b]
-            labels = t["labels"][k]
-            canvas_boxes = boxes[b] / 4
-            masks = paste_mask_logits(mask_logits[b], canvas_boxes, height // 4, width // 4)
+            k = self._panoptic_instances(len(t["labels"]))
+            labels, boxes = t["labels"][k], t["boxes"][k]
+            mask_logits, appearance = mask_outputs[0][b][k], mask_outputs[1][b][k]
+            canvas_boxes = boxes / 4
+            masks = paste_mask_logits(mask_logits, canvas_boxes, height // 4, width // 4)
             if self.relation is not None:
                 support = box_support(canvas_boxes, height // 4, width // 4) if self.training_settings.removal_within_box else None
-                masks, relation = self._resolve(masks, labels, boxes[b], appearance[b], t["relation"][k][:, k], support=support)
+                regions = _one_image(features, b), images.image_sizes[b]
+                masks, relation = self._resolve(masks, labels, boxes, appearance, t["relation"][k][:, k], regions, support=support)
                 relation_losses.append(relation)
             logits = self._panoptic_logits(
                 semantic[b], masks, labels, canvas_boxes, x2mask=self.training_settings.x2mask, unknown=self.training_settings.unknown_class
@@ -214,6 +233,21 @@ class SOGNet(PanopticModel):
         things = set(self.labels.things)
         return [s for s, c in targets["segment_labels"].items() if c in things and s not in owned]
 
+    def _relation(
+        self, labels: Tensor, boxes: Tensor, appearance: Tensor, regions: tuple[dict[str, Tensor], tuple[int, int]]
+    ) -> Tensor:
+        """The relation module's O [N, N] on N instances of one image (``boxes`` in input pixels;
+        ``regions``: the image's FPN features, batch of 1, and its input size, read by the pair
+        appearance term only)."""
+        pooled = None
+        if self.relation.pair_appearance_channels:
+            features, image_size = regions
+            shared_boxes, meets = intersection_boxes(boxes)
+            region = pooled_region_features(self.detector, features, [torch.cat([boxes, shared_boxes])], [image_size])[0]
+            n = len(boxes)
+            pooled = region[:n], region[n:].view(n, n, region.shape[-1]) * meets[..., None].to(region.dtype)
+        return self.relation(labels, boxes, appearance if self.relation.appearance_channels else None, pooled)
+
     def _resolve(
         self,
         masks: Tensor,
@@ -221,9 +255,11 @@ class SOGNet(PanopticModel):
         boxes: Tensor,
         appearance: Tensor,
         overlap: Tensor,
+        regions: tuple[dict[str, Tensor], tuple[int, int]],
         *,
         pairwise: bool = False,
         support: Tensor | None = None,
+        relation: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Overlap removal among the instances that overlap another one.
 
@@ -232,17 +268,23 @@ class SOGNet(PanopticModel):
             labels: int64 [N] thing indices; boxes: float [N, 4] input pixels;
             appearance: float [N, F] pooled mask-head features.
             overlap: float [N, N], which instances overlap (G in training; predicted masks at test).
+            regions: the image's features and input size (:meth:`_relation`).
             pairwise: the released code's sequential loop instead of the joint formula.
             support: optional bool [N, H, W], each box on the canvas: the removal's sigmoid is 0
                 outside it (``removal_within_box``).
+            relation: a given O [N, N] used instead of the module's (the relation experiment's arms).
 
         Returns:
             the resolved logits [N, H, W] (the others unchanged) and the relation loss
-            against ``overlap`` on the subset (0, still connected, with fewer than 2).
+            against ``overlap`` on the subset (0, still connected, with fewer than 2 or a given O).
         """
         subset = overlapping_order(overlap)
-        relation = self.relation(labels[subset], boxes[subset], appearance[subset] if self.relation.appearance_channels else None)
-        loss = relation_loss(relation, overlap[subset][:, subset])
+        if relation is None:
+            relation = self._relation(labels[subset], boxes[subset], appearance[subset], regions)
+            loss = relation_loss(relation, overlap[subset][:, subset])
+        else:
+            relation = relation[subset][:, subset].to(masks.dtype)
+            loss = masks.sum() * 0.0
         if len(subset) < 2:
             return masks, loss
         subset_support = None if support is None else support[subset]
@@ -291,9 +333,7 @@ class SOGNet(PanopticModel):
     def _predict_one(self, image: Tensor) -> PanopticResult:
         s = self.inference
         height, width = image.shape[-2:]
-        images = self._preprocess([self._resize(image.to(self.device))])
-        features = self.detector.backbone(images.tensors)
-        semantic, _ = self.semantic_head([features[level] for level in FPN_LEVELS])
+        images, features, semantic = self._image_features(image)
         detections = detect(
             self.detector,
             images,
@@ -303,46 +343,140 @@ class SOGNet(PanopticModel):
             max_detections=s.max_instances,
             class_agnostic=s.class_agnostic,
         )[0]
-        mask_logits, appearance = mask_head_outputs(
-            self.detector, features, [detections["boxes"]], [detections["labels"]], images.image_sizes
-        )
-        input_h, input_w = images.image_sizes[0]
-        scale = torch.tensor([input_w / width, input_h / height] * 2, device=self.device)
-        input_boxes = detections["boxes"]
-        boxes = input_boxes / scale  # image pixels
-        labels = detections["labels"] - 1  # thing indices
-        scores = detections["scores"]
-        semantic = resample_to_image(semantic[0], (input_h, input_w), (height, width))
-        semantic_argmax = semantic.argmax(dim=0)
-        masks = paste_mask_logits(mask_logits[0], boxes, height, width)
-        contiguous = self.labels.thing_contiguous(labels)
+        instances = self._instances(images, features, (height, width), detections["boxes"], detections["labels"] - 1)
+        instances.scores = detections["scores"]
+        instance, category, kept = self._merge(instances, semantic, features, images.image_sizes[0], s, drop_duplicates=True)
+        return assemble_result(instance, category, instances.contiguous[kept], instances.scores[kept], self.categories)
 
-        if s.merge == "heuristic":
-            instance, category = heuristic_assignment(masks > 0, semantic_argmax, self.labels, min_unoccupied=s.min_unoccupied)
-        else:
-            keep = same_class_removal(masks > 0, labels, s.same_class_overlap)
-            masks, labels, contiguous, scores = masks[keep], labels[keep], contiguous[keep], scores[keep]
-            boxes, input_boxes, appearance = boxes[keep], input_boxes[keep], appearance[0][keep]
-            # each box on the image, computed once for the options that need it
-            support = box_support(boxes.float(), height, width) if s.removal_within_box or s.exclude_outside_box else None
+    def merge_given(
+        self,
+        image: ImageInput,
+        boxes: Tensor,
+        labels: Tensor,
+        *,
+        relation: Tensor | None = None,
+        merge: str | None = None,
+    ) -> GivenMerge:
+        """The merge of given instances (e.g. the ground truth's boxes and classes): detection is
+        skipped, so the merge is measured without detector noise.
+
+        The mask head runs on the given boxes; each instance's score is its mask confidence (the
+        mean probability over the pixels its mask claims), which orders the heuristic merge. No
+        same-class removal (given instances are not duplicates). The relation module's O is
+        computed on all the instances and, as at test, used among those whose predicted masks
+        overlap another's.
+
+        Args:
+            image: one image (as :meth:`predict` takes it).
+            boxes: float [N, 4], (x0, y0, x1, y1) in the image's pixels.
+            labels: int64 [N], contiguous ids of thing categories.
+            relation: a given O [N, N] (``O_ij > 0``: j in front of i) used instead of the module's
+                (zero, the ground truth's depth, random directions...); also for a model without
+                a relation module, whose panoptic head then applies the removal.
+            merge: ``panoptic_head`` or ``heuristic``; None: the model's own.
+
+        Returns:
+            a :class:`GivenMerge`: the result, which given instance owns each pixel, the scores and
+            the module's O on all instances (None without a relation module).
+        """
+        settings = self.inference if merge is None else replace(self.inference, merge=merge)
+        with inference_mode(self):
+            image = as_image_tensors(image)[0].to(self.device)
+            height, width = image.shape[-2:]
+            images, features, semantic = self._image_features(image)
+            input_h, input_w = images.image_sizes[0]
+            scale = torch.tensor([input_w / width, input_h / height] * 2, device=self.device)
+            things = self.labels.thing_index(labels.to(self.device))
+            instances = self._instances(images, features, (height, width), boxes.to(self.device, torch.float32) * scale, things)
+            probabilities = torch.sigmoid(instances.masks)
+            claimed = instances.masks > 0
+            instances.scores = (probabilities * claimed).flatten(1).sum(1) / claimed.flatten(1).sum(1).clamp(min=1)
+            module_relation = None
             if self.relation is not None:
-                overlap = overlap_graph(masks > 0, s.overlap_threshold)
-                removal_support = support if s.removal_within_box else None
-                masks, _ = self._resolve(masks, labels, input_boxes, appearance, overlap, pairwise=s.pairwise_relation, support=removal_support)
-            logits = self._panoptic_logits(
-                semantic, masks, labels, boxes, x2mask=s.x2mask, unknown=s.unknown_class,
-                exclude_outside=support if s.exclude_outside_box else None,
-            )  # fmt: skip
-            instance, category = panoptic_assignment(
-                logits,
-                semantic_argmax,
-                contiguous,
-                self.labels,
-                relabel_fraction=s.relabel_fraction,
-                has_unknown=s.unknown_class,
+                module_relation = self._relation(things, instances.input_boxes, instances.appearance, (features, images.image_sizes[0]))
+            instance, category, kept = self._merge(
+                instances, semantic, features, images.image_sizes[0], settings, drop_duplicates=False, relation=relation
             )
-        category = remove_small_stuff(instance, category, s.stuff_area)
-        return assemble_result(instance, category, contiguous, scores, self.categories)
+            result = assemble_result(instance, category, instances.contiguous[kept], instances.scores[kept], self.categories)
+            owner = torch.where(instance >= 0, kept[instance.clamp(min=0)], -1)
+            return GivenMerge(result, owner.cpu(), instances.scores.cpu(), None if module_relation is None else module_relation.cpu())
+
+    def _image_features(self, image: Tensor) -> tuple[ImageList, dict[str, Tensor], Tensor]:
+        """One image [3, H, W] (0..255) -> the input batch, its FPN features and the semantic
+        logits [C, H, W] at the image's resolution."""
+        height, width = image.shape[-2:]
+        images = self._preprocess([self._resize(image.to(self.device))])
+        features = self.detector.backbone(images.tensors)
+        semantic, _ = self.semantic_head([features[level] for level in FPN_LEVELS])
+        return images, features, resample_to_image(semantic[0], images.image_sizes[0], (height, width))
+
+    def _instances(
+        self, images: ImageList, features: dict[str, Tensor], image_size: tuple[int, int], input_boxes: Tensor, labels: Tensor
+    ) -> Instances:
+        """The mask head on N boxes (input pixels) of thing indices ``labels``: their logits pasted at
+        the image's resolution ``image_size``."""
+        mask_logits, appearance = mask_head_outputs(self.detector, features, [input_boxes], [labels + 1], images.image_sizes)
+        input_h, input_w = images.image_sizes[0]
+        height, width = image_size
+        scale = torch.tensor([input_w / width, input_h / height] * 2, device=self.device)
+        boxes = input_boxes / scale
+        return Instances(
+            boxes=boxes,
+            input_boxes=input_boxes,
+            labels=labels,
+            contiguous=self.labels.thing_contiguous(labels),
+            masks=paste_mask_logits(mask_logits[0], boxes, height, width),
+            appearance=appearance[0],
+            scores=torch.ones(len(labels), device=self.device),
+        )
+
+    def _merge(
+        self,
+        instances: Instances,
+        semantic: Tensor,
+        features: dict[str, Tensor],
+        input_size: tuple[int, int],
+        s: InferenceSettings,
+        *,
+        drop_duplicates: bool,
+        relation: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Instances + semantic logits [C, H, W] -> the assignment ``(instance, category)`` (int64
+        [H, W] each; ``instance`` indexes the kept instances) and the kept indices into ``instances``.
+
+        ``drop_duplicates``: the released same-class removal (detections); ``relation``: a given O
+        [N, N] instead of the module's."""
+        height, width = semantic.shape[-2:]
+        semantic_argmax = semantic.argmax(dim=0)
+        everyone = torch.arange(len(instances.labels), device=self.device)
+        if s.merge == "heuristic":
+            order = torch.sort(instances.scores, descending=True, stable=True).indices
+            instance, category = heuristic_assignment(instances.masks[order] > 0, semantic_argmax, self.labels, min_unoccupied=s.min_unoccupied)
+            return instance, remove_small_stuff(instance, category, s.stuff_area), order
+        kept = same_class_removal(instances.masks > 0, instances.labels, s.same_class_overlap) if drop_duplicates else everyone
+        masks, labels, boxes = instances.masks[kept], instances.labels[kept], instances.boxes[kept]
+        # each box on the image, computed once for the options that need it
+        support = box_support(boxes.float(), height, width) if s.removal_within_box or s.exclude_outside_box else None
+        if self.relation is not None or relation is not None:
+            overlap = overlap_graph(masks > 0, s.overlap_threshold)
+            masks, _ = self._resolve(
+                masks, labels, instances.input_boxes[kept], instances.appearance[kept], overlap, (features, input_size),
+                pairwise=s.pairwise_relation, support=support if s.removal_within_box else None,
+                relation=None if relation is None else relation.to(self.device)[kept][:, kept],
+            )  # fmt: skip
+        logits = self._panoptic_logits(
+            semantic, masks, labels, boxes, x2mask=s.x2mask, unknown=s.unknown_class,
+            exclude_outside=support if s.exclude_outside_box else None,
+        )  # fmt: skip
+        instance, category = panoptic_assignment(
+            logits,
+            semantic_argmax,
+            instances.contiguous[kept],
+            self.labels,
+            relabel_fraction=s.relabel_fraction,
+            has_unknown=s.unknown_class,
+        )
+        return instance, remove_small_stuff(instance, category, s.stuff_area), kept
 
     def predict_relations(self, image: ImageInput, boxes: Tensor, labels: Tensor) -> Tensor:
         """The overlap relation O of given instances (GT boxes and classes, for the metric).
@@ -364,13 +498,12 @@ class SOGNet(PanopticModel):
             scale = torch.tensor([input_w / width, input_h / height] * 2, device=self.device)
             input_boxes = boxes.to(self.device, torch.float32) * scale
             things = self.labels.thing_index(labels.to(self.device))
-            appearance = None
-            if self.relation.appearance_channels:
-                images = self._preprocess([resize_image(image, (input_h, input_w))])
-                features = self.detector.backbone(images.tensors)
-                _, pooled = mask_head_outputs(self.detector, features, [input_boxes], [things + 1], images.image_sizes)
-                appearance = pooled[0]
-            return self.relation(things, input_boxes, appearance).cpu()
+            if not (self.relation.appearance_channels or self.relation.pair_appearance_channels):
+                return self.relation(things, input_boxes).cpu()
+            images = self._preprocess([resize_image(image, (input_h, input_w))])
+            features = self.detector.backbone(images.tensors)
+            _, pooled = mask_head_outputs(self.detector, features, [input_boxes], [things + 1], images.image_sizes)
+            return self._relation(things, input_boxes, pooled[0], (features, images.image_sizes[0])).cpu()
 
     def evaluators(self) -> list[Evaluator]:
         """With a relation module: the overlap-relation metric on the items' GT instances."""
@@ -414,9 +547,59 @@ def build_sognet_model(config: SOGNetConfig, categories: Categories) -> SOGNet:
             geometry_channels=config.relation_geometry_channels,
             appearance_channels=config.relation_appearance_channels,
             appearance_in_channels=config.mask_head_channels,
+            pair_appearance_channels=config.relation_pair_appearance_channels,
+            region_in_channels=config.fpn_channels,
         )
     sizing, training, inference = resolve_settings(config)
     return SOGNet(detector, semantic_head, relation, categories, sizing, training, inference)
+
+
+@dataclass
+class Instances:
+    """N thing instances of one image at inference, before the merge.
+
+    Attributes:
+        boxes: float [N, 4] in the image's pixels; input_boxes: the same in input pixels.
+        labels: int64 [N] thing indices; contiguous: int64 [N] their contiguous category ids.
+        masks: float [N, H, W] mask logits pasted at the image's resolution (0 outside each box).
+        appearance: float [N, mask_head_channels] pooled mask-head features.
+        scores: float [N], the detection scores (or the mask confidences of given instances).
+    """
+
+    boxes: Tensor
+    input_boxes: Tensor
+    labels: Tensor
+    contiguous: Tensor
+    masks: Tensor
+    appearance: Tensor
+    scores: Tensor
+
+
+@dataclass
+class GivenMerge:
+    """What :meth:`SOGNet.merge_given` returns.
+
+    Attributes:
+        result: the panoptic segmentation.
+        owner: int64 [H, W], the given instance each pixel went to (-1: stuff or VOID).
+        scores: float [N], each given instance's mask confidence.
+        relation: float [N, N], the relation module's O on all given instances, or None.
+    """
+
+    result: PanopticResult
+    owner: Tensor
+    scores: Tensor
+    relation: Tensor | None
+
+
+def _visible_masks(targets: dict[str, Any]) -> Tensor:
+    """bool [N, H, W]: each training instance's visible segment."""
+    return targets["id_map"][None].to(torch.int64) == targets["segment_ids"][:, None, None]
+
+
+def _one_image(features: dict[str, Tensor], b: int) -> dict[str, Tensor]:
+    """The FPN features of image ``b`` of the batch, as a batch of one."""
+    return {name: value[b : b + 1] for name, value in features.items()}
 
 
 def _to_device(targets: dict[str, Any], device: torch.device) -> dict[str, Any]:

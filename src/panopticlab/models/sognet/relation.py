@@ -35,6 +35,11 @@ class RelationModule(nn.Module):
     * appearance, when ``appearance_channels > 0``: ``ReLU(A f_i) * ReLU(B f_j)`` of per-instance
       feature vectors (e.g. mask-head features, average-pooled). The released SOGNet code has no
       appearance term (its default here, 0).
+    * pair appearance, when ``pair_appearance_channels > 0``: ``ReLU(Q [r_ij ; r_i ; r_j])``, with
+      ``r_ij`` the pooled features of the intersection of the two boxes and ``r_i``, ``r_j`` those
+      of each box. The shared region shows the front instance, so comparing it with each
+      instance's own look says which one that is; the ordered concatenation (then the ReLU) lets
+      ``R_ij`` differ from ``R_ji``. Not in the paper (an option of panopticlab, off by default).
 
     Box convention: ``(x0, y0, x1, y1)`` with the end exclusive, so ``w = x1 - x0`` and the
     centre is ``(x0 + x1) / 2`` (the released code uses ``w = x1 - x0 + 1`` for inclusive ends:
@@ -50,6 +55,8 @@ class RelationModule(nn.Module):
         geometry_channels: width of the geometry embedding (128).
         appearance_channels: width of the appearance embedding; 0 switches it off.
         appearance_in_channels: length of each instance's appearance vector.
+        pair_appearance_channels: width of the pair appearance embedding; 0 switches it off.
+        region_in_channels: length of the pooled region features (box and intersection).
     """
 
     def __init__(
@@ -59,6 +66,8 @@ class RelationModule(nn.Module):
         geometry_channels: int = 128,
         appearance_channels: int = 0,
         appearance_in_channels: int = 256,
+        pair_appearance_channels: int = 0,
+        region_in_channels: int = 256,
     ) -> None:
         super().__init__()
         if num_thing_classes < 1:
@@ -71,11 +80,20 @@ class RelationModule(nn.Module):
         if appearance_channels > 0:
             self.appearance_first = nn.Linear(appearance_in_channels, appearance_channels, bias=False)  # A
             self.appearance_second = nn.Linear(appearance_in_channels, appearance_channels, bias=False)  # B
-        embedding = category_channels + geometry_channels + appearance_channels
+        self.pair_appearance_channels = pair_appearance_channels
+        if pair_appearance_channels > 0:
+            self.pair_appearance = nn.Linear(3 * region_in_channels, pair_appearance_channels, bias=False)  # Q
+        embedding = category_channels + geometry_channels + appearance_channels + pair_appearance_channels
         self.score = nn.Linear(embedding, 1, bias=False)  # P
         nn.init.kaiming_normal_(self.score.weight)
 
-    def forward(self, labels: Tensor, boxes: Tensor, appearance: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        labels: Tensor,
+        boxes: Tensor,
+        appearance: Tensor | None = None,
+        regions: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
         """The overlap relation of N instances.
 
         Args:
@@ -83,6 +101,9 @@ class RelationModule(nn.Module):
             boxes: float [N, 4], ``(x0, y0, x1, y1)`` in pixels, end exclusive.
             appearance: float [N, appearance_in_channels]; required when the appearance term is on,
                 ignored otherwise.
+            regions: ``(box_features [N, F], intersection_features [N, N, F])`` with
+                F = ``region_in_channels`` (symmetric in i, j; 0 where the boxes do not meet), from
+                :func:`intersection_boxes`; required when the pair appearance term is on.
 
         Returns:
             float [N, N], ``O_ij > 0`` where j is in front of i. Connected to the parameters
@@ -105,6 +126,12 @@ class RelationModule(nn.Module):
             a = F.relu(self.appearance_first(appearance))
             b = F.relu(self.appearance_second(appearance))
             parts.append(a[:, None, :] * b[None, :, :])  # [N, N, A]
+        if self.pair_appearance_channels > 0:
+            if regions is None or regions[0].shape[0] != n or regions[1].shape[:2] != (n, n):
+                raise ValueError("the pair appearance term is on: pass regions ([N, F], [N, N, F])")
+            own, shared = regions
+            ordered = torch.cat([shared, own[:, None, :].expand_as(shared), own[None, :, :].expand_as(shared)], dim=-1)
+            parts.append(F.relu(self.pair_appearance(ordered.to(onehot.dtype))))  # [N, N, Q]
         scores = torch.sigmoid(self.score(torch.cat(parts, dim=-1)).squeeze(-1))  # R, [N, N]
         return F.relu(scores - scores.T)
 
@@ -132,6 +159,24 @@ def relative_box_encoding(boxes: Tensor) -> Tensor:
         ],
         dim=-1,
     )
+
+
+def intersection_boxes(boxes: Tensor) -> tuple[Tensor, Tensor]:
+    """The intersection of every pair of boxes, flattened, and whether it has area.
+
+    Args:
+        boxes: float [N, 4], ``(x0, y0, x1, y1)``.
+
+    Returns:
+        float [N * N, 4] (row ``i * N + j``: boxes i and j; an empty one collapses to a zero-size
+        box at the larger corner) and bool [N, N], True where the intersection has positive area.
+    """
+    x0 = torch.maximum(boxes[:, None, 0], boxes[None, :, 0])
+    y0 = torch.maximum(boxes[:, None, 1], boxes[None, :, 1])
+    x1 = torch.maximum(torch.minimum(boxes[:, None, 2], boxes[None, :, 2]), x0)
+    y1 = torch.maximum(torch.minimum(boxes[:, None, 3], boxes[None, :, 3]), y0)
+    meets = (x1 > x0) & (y1 > y0)
+    return torch.stack([x0, y0, x1, y1], dim=-1).reshape(-1, 4), meets
 
 
 def relation_loss(relation: Tensor, ground_truth: Tensor) -> Tensor:

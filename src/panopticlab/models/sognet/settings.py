@@ -53,6 +53,10 @@ class TrainingSettings:
     overlap_threshold: float = 0.1
     #: sigmoid of the mask logits taken as 0 outside each box inside the removal
     removal_within_box: bool = False
+    #: only the mask loss on the ground-truth boxes, not Mask R-CNN's five losses
+    mask_head_only: bool = False
+    #: the mask head learns the visible segments instead of the (amodal) instance masks
+    visible_mask_targets: bool = False
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,8 @@ def resolve_settings(config: SOGNetConfig) -> tuple[InputSizing, TrainingSetting
         unknown_keep_fraction=config.unknown_keep_fraction,
         overlap_threshold=config.relation_overlap_threshold,
         removal_within_box=config.removal_within_box,
+        mask_head_only=config.detector_training == "mask_head_only",
+        visible_mask_targets=config.mask_target == "visible",
     )
     inference = InferenceSettings(
         merge="heuristic" if config.panoptic == "heuristic" else "panoptic_head",
