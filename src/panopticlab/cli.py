@@ -225,8 +225,9 @@ def _add_convert(subparsers) -> None:
     p = subparsers.add_parser(
         "convert",
         help="convert model-zoo weights to panopticlab's safetensors",
-        description="Convert a detectron2 Panoptic-DeepLab model-zoo .pkl (read without running any code "
-        "from it) to a .safetensors file that panopticlab.load_model reads.",
+        description="Convert a detectron2 Panoptic-DeepLab .pkl (detectron2's model zoo, or the "
+        "Panoptic-DeepLab seed's Xception-65 and HRNet models; read without running any code from it) to a "
+        ".safetensors file that panopticlab.load_model reads. The architecture is read from the file.",
     )
     p.add_argument("source", choices=["detectron2"], help="where the weights come from")
     p.add_argument("input", type=Path, help="e.g. model_final_23d03a.pkl")
@@ -240,7 +241,8 @@ def _run_convert(args: argparse.Namespace) -> int:
     report = convert_detectron2(args.input, args.output, overwrite=args.overwrite)
     print(
         f"wrote {report.destination}: {report.num_tensors} tensors, {report.num_parameters:,} parameters, "
-        f"{report.num_classes} classes, {report.head_variant} heads"
+        f"{report.num_classes} classes, {report.backbone} backbone, {report.head_variant} heads, "
+        f"decoder on {'/'.join(report.low_level_features)}"
     )
     return 0
 

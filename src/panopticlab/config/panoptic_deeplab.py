@@ -23,7 +23,8 @@ from panopticlab.config.loading import Section
 @dataclass
 class PanopticDeepLabConfig(Section):
     # -- network (network.build_panoptic_deeplab) ------------------------------------------
-    #: r52_dc5 | resnet50 | resnet101 | timm:<name> (models/backbones.py)
+    #: r52_dc5 | resnet50 | resnet101 | timm:<name> | seed:xception65 | seed:hrnet_w48 (models/backbones.py;
+    #: seed: the Panoptic-DeepLab seed's own networks, for its checkpoints)
     backbone: str = "r52_dc5"
     #: ImageNet weights of the backbone (torchvision, timm or detectron2 R-52.pkl), loaded when the model is built
     backbone_weights: Optional[str] = None
@@ -92,8 +93,9 @@ class PanopticDeepLabConfig(Section):
     def problems(self) -> list[tuple[str, str]]:
         found = []
         b = self.backbone
-        if not (b in ("r52_dc5", "resnet50", "resnet101") or (b.startswith("timm:") and len(b) > 5)):
-            found.append(("backbone", "must be r52_dc5, resnet50, resnet101 or timm:<model name>"))
+        seed = ("seed:xception65", "seed:hrnet_w18", "seed:hrnet_w32", "seed:hrnet_w48")
+        if not (b in ("r52_dc5", "resnet50", "resnet101", *seed) or (b.startswith("timm:") and len(b) > 5)):
+            found.append(("backbone", f"must be r52_dc5, resnet50, resnet101, timm:<model name> or one of {', '.join(seed)}"))
         if self.output_stride not in (16, 32):
             found.append(("output_stride", "must be 16 or 32"))
         levels = ("res2", "res3", "res4")

@@ -8,6 +8,12 @@ One door, :func:`load_backbone_weights`, for every backbone and every file it ma
   ``backbone.``), or our own names. The ``fc`` classifier is ignored, any other unknown key raises.
 * :class:`~panopticlab.models.backbones.TimmBackbone`: a timm model's state dict; keys of layers
   that ``features_only`` drops (classifier, final convs) are ignored and listed in the report.
+* The seed's Xception-65 and HRNet (:mod:`~panopticlab.models.seed_backbones`): the ImageNet files
+  the seed starts from (SegmenTron's ``tf-xception65-270e81cf.pth``, HRNet-Image-Classification's
+  ``hrnetv2_w48_imagenet_pretrained.pth``) or their detectron2 pickles (``x65.pkl``, ``h48.pkl``);
+  keys already carry the backbone's names. Keys of the classifier parts (HRNet's ``incre_modules``,
+  ``downsamp_modules``, ``final_layer``, ``classifier``) are ignored and listed, as the seed's
+  ``load_state_dict(strict=False)`` ignores them.
 
 :func:`detectron2_backbone_key` is detectron2's ResNet naming, shared with the Panoptic-DeepLab
 converter (``models/panoptic_deeplab/detectron2.py``).
@@ -25,6 +31,7 @@ from torchvision.models.resnet import ResNet
 
 from panopticlab.errors import InputError
 from panopticlab.models.backbones import ResNetBackbone, TimmBackbone
+from panopticlab.models.seed_backbones import HRNet, Xception65
 from panopticlab.weights import LoadReport, StateDict, listing, load_checked, read_state_dict
 
 _D2_BACKBONE_RULES: list[tuple[str, Callable[[re.Match[str]], str]]] = [
@@ -73,6 +80,9 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike, *, stric
     state = read_state_dict(path)
     if isinstance(backbone, TimmBackbone):
         state = {"body." + k: v for k, v in state.items()}
+        return load_checked(backbone, state, str(path), allow_missing=not strict, allow_unexpected=True)
+    if isinstance(backbone, (Xception65, HRNet)):
+        state = {k.removeprefix("backbone."): v for k, v in state.items()}
         return load_checked(backbone, state, str(path), allow_missing=not strict, allow_unexpected=True)
     if isinstance(backbone, ResNetBackbone):
         to_target = lambda name: name  # noqa: E731

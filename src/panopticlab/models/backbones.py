@@ -8,6 +8,9 @@ Names follow detectron2: ``resN`` has stride ``2**N`` (res5 is stride 16 when di
 * ``"timm:<name>"``: any timm model through ``features_only`` (Xception-65 ``timm:xception65``,
   HRNet-W48 ``timm:hrnet_w48``, MobileNetV3-Large ``timm:mobilenetv3_large_100``...). No weights
   are downloaded: load them from a file with :func:`panopticlab.models.backbone_weights.load_backbone_weights`.
+* ``"seed:xception65"``, ``"seed:hrnet_w48"`` (w18, w32): the Panoptic-DeepLab seed's own
+  networks, for its released checkpoints (:mod:`panopticlab.models.seed_backbones`; timm's
+  networks of the same names differ).
 
 Every backbone has ``feature_channels`` and ``feature_strides`` dicts for the features it returns.
 ResNet modules keep torchvision's names (``layer1``.. ``layer4``, ``bn1``, ``downsample``) under
@@ -21,6 +24,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 from torchvision.models.resnet import Bottleneck
+
+from panopticlab.models.seed_backbones import build_seed_backbone
 
 RESNET_DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 RESNET_NAMES = {"r52_dc5": (50, "deeplab"), "resnet50": (50, "torchvision"), "resnet101": (101, "torchvision")}
@@ -218,7 +223,8 @@ def build_backbone(
     out_features: Sequence[str] = ("res2", "res3", "res5"),
     **timm_kwargs: Any,
 ) -> nn.Module:
-    """Build a backbone by name: ``"r52_dc5"``, ``"resnet50"``, ``"resnet101"`` or ``"timm:<name>"``.
+    """Build a backbone by name: ``"r52_dc5"``, ``"resnet50"``, ``"resnet101"``, ``"timm:<name>"`` or
+    ``"seed:<name>"`` (``xception65``, ``hrnet_w18|w32|w48``).
 
     ``multi_grid`` defaults to (1, 2, 4) for ``r52_dc5`` (detectron2) and (1, 1, 1) for the
     torchvision ResNets; it does not apply to timm models.
@@ -227,8 +233,14 @@ def build_backbone(
         if multi_grid is not None:
             raise ValueError("multi_grid applies to the ResNet backbones only")
         return TimmBackbone(name[len("timm:") :], output_stride=output_stride, out_features=out_features, **timm_kwargs)
+    if name.startswith("seed:"):
+        if multi_grid is not None or timm_kwargs:
+            raise ValueError("the seed's backbones take no multi_grid or timm arguments")
+        return build_seed_backbone(name[len("seed:") :], output_stride=output_stride, out_features=out_features)
     if name not in RESNET_NAMES:
-        raise ValueError(f"unknown backbone {name!r}: expected one of {sorted(RESNET_NAMES)} or 'timm:<model name>'")
+        raise ValueError(
+            f"unknown backbone {name!r}: expected one of {sorted(RESNET_NAMES)}, 'timm:<model name>' or 'seed:<name>'"
+        )
     if timm_kwargs:
         raise ValueError(f"unexpected arguments for a ResNet backbone: {sorted(timm_kwargs)}")
     depth, stem_type = RESNET_NAMES[name]

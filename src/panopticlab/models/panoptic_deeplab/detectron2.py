@@ -1,8 +1,11 @@
 """detectron2's Panoptic-DeepLab checkpoints: their key names, and the converter to our weights.
 
 detectron2's model-zoo ``.pkl`` files are read by the restricted unpickler of
-:mod:`panopticlab.weights` (numpy arrays only, no code). Every key is mapped by the explicit
-rules below; the converted ``.safetensors`` holds the weights of a whole
+:mod:`panopticlab.weights` (numpy arrays only, no code). The architecture is read from the keys
+(:func:`checkpoint_architecture`): detectron2's R52, or the Panoptic-DeepLab seed's Xception-65 /
+HRNet (``tools_d2``'s ``d2_xception_65`` / ``d2_hrnet``, whose backbone keys are the seed module's
+own names, :mod:`panopticlab.models.seed_backbones`), with the decoder stages the file has. Every
+key is mapped by the explicit rules below; the converted ``.safetensors`` holds the weights of a whole
 :class:`~panopticlab.models.panoptic_deeplab.model.PanopticDeepLab` (keys ``network.…``), the
 same layout ``panopticlab train`` writes, so ``load_model(config, converted)`` reads it.
 """
@@ -58,17 +61,88 @@ class ConversionReport:
     num_classes: int
     head_variant: str
     author: str | None
+    backbone: str = "r52_dc5"
+    low_level_features: tuple[str, ...] = ("res3", "res2")
     filled: list[str] = field(default_factory=list)  # keys absent from the file, set to zero (num_batches_tracked)
 
 
-def detectron2_key(key: str) -> str | None:
+@dataclass(frozen=True)
+class Architecture:
+    """What a checkpoint holds: the network's build arguments that its keys and shapes decide.
+
+    ``low_level_features`` deepest first, with the semantic and instance projection widths of each.
+    """
+
+    backbone: str
+    head_variant: str
+    num_classes: int
+    low_level_features: tuple[str, ...]
+    semantic_projection_channels: tuple[int, ...]
+    instance_projection_channels: tuple[int, ...]
+
+    def build_arguments(self) -> dict:
+        """Keyword arguments of :func:`build_panoptic_deeplab` (besides ``num_classes``)."""
+        return {
+            "backbone": self.backbone,
+            "head_variant": self.head_variant,
+            "low_level_features": self.low_level_features,
+            "semantic_projection_channels": self.semantic_projection_channels,
+            "instance_projection_channels": self.instance_projection_channels,
+        }
+
+
+def checkpoint_architecture(arrays: dict, where: str, *, num_classes: int | None = None, head_variant: str | None = None) -> Architecture:
+    """Read a detectron2 Panoptic-DeepLab checkpoint's architecture from its keys and shapes.
+
+    Backbone: ``backbone.block21...`` -> the seed's Xception-65; ``backbone.stage4...`` -> the seed's
+    HRNet (width from its first branch); ``backbone.stem.conv1...`` -> detectron2's R52. Decoder
+    stages: the ``sem_seg_head.decoder.resN.project_conv`` keys present. ``num_classes`` (from the
+    semantic predictor) and ``head_variant`` (``dsconv`` when the decoder fuse is
+    depthwise-separable) unless given.
+
+    Raises:
+        InputError: naming ``where``, when the keys are not a Panoptic-DeepLab of a known backbone.
+    """
+    if num_classes is None:
+        predictor = arrays.get("sem_seg_head.predictor.weight")
+        if predictor is None or predictor.ndim != 4:
+            raise InputError(f"{where}: no 'sem_seg_head.predictor.weight': not a Panoptic-DeepLab checkpoint")
+        num_classes = int(predictor.shape[0])
+    hrnet_branch = arrays.get("backbone.stage4.0.branches.0.0.conv1.weight")
+    if "backbone.block21.sep_conv3.block.pointwise.weight" in arrays:
+        backbone = "seed:xception65"
+    elif hrnet_branch is not None:
+        backbone = f"seed:hrnet_w{int(hrnet_branch.shape[0])}"
+    elif "backbone.stem.conv1.weight" in arrays:
+        backbone = "r52_dc5"
+    else:
+        raise InputError(f"{where}: unknown backbone (neither detectron2's R52 nor the seed's Xception-65 or HRNet keys)")
+    stages = tuple(f for f in ("res4", "res3", "res2") if f"sem_seg_head.decoder.{f}.project_conv.weight" in arrays)
+    if not stages or any(f"ins_embed_head.decoder.{f}.project_conv.weight" not in arrays for f in stages):
+        raise InputError(f"{where}: the semantic and instance decoders have no matching projection stages")
+    if head_variant is None:
+        head_variant = "dsconv" if f"sem_seg_head.decoder.{stages[-1]}.fuse_conv.depthwise.weight" in arrays else "conv"
+    return Architecture(
+        backbone=backbone,
+        head_variant=head_variant,
+        num_classes=num_classes,
+        low_level_features=stages,
+        semantic_projection_channels=tuple(int(arrays[f"sem_seg_head.decoder.{f}.project_conv.weight"].shape[0]) for f in stages),
+        instance_projection_channels=tuple(int(arrays[f"ins_embed_head.decoder.{f}.project_conv.weight"].shape[0]) for f in stages),
+    )
+
+
+def detectron2_key(key: str, *, backbone: str = "r52_dc5") -> str | None:
     """Map a detectron2 Panoptic-DeepLab state-dict key to our network's; ``None`` when it has no counterpart.
 
     detectron2's ``Conv2d`` keeps its BatchNorm as a child named ``norm``; ours has ``conv`` and
     ``norm`` children, so a normalised conv's ``X.weight`` becomes ``X.conv.weight``. The
-    predictors and the image-pooling conv have no norm and keep their names.
+    predictors and the image-pooling conv have no norm and keep their names. The seed's
+    backbones (``backbone="seed:..."``) keep the seed's module names: their keys map unchanged.
     """
     if key.startswith("backbone."):
+        if backbone.startswith("seed:"):
+            return key
         mapped = detectron2_backbone_key(key[len("backbone.") :])
         return None if mapped is None else "backbone." + mapped
     for d2_prefix, ours in _D2_HEAD_PREFIXES:
@@ -102,32 +176,26 @@ def convert_detectron2(
 ) -> ConversionReport:
     """Convert a detectron2 Panoptic-DeepLab model-zoo ``.pkl`` to our ``.safetensors``.
 
-    The target network is ``build_panoptic_deeplab(num_classes, head_variant=...)`` with
-    detectron2's R52 defaults; ``num_classes`` (from the semantic predictor's shape) and
-    ``head_variant`` (``"dsconv"`` when the decoder fuse is depthwise-separable, else
-    ``"conv"``) are read from the file unless given. Every file key must map onto a network key
-    of the same shape and every network key must be filled (``num_batches_tracked`` counters
-    absent from the file are set to 0 and listed in the report); otherwise :class:`InputError`
-    names the file and the keys. The output's keys are the model's (``network.`` + the network
-    key), and its metadata records the source and the config.
+    The target network is ``build_panoptic_deeplab(num_classes, **architecture)`` with the
+    architecture read from the file (:func:`checkpoint_architecture`: detectron2's R52 or the
+    seed's Xception-65 / HRNet, the decoder stages, the projection widths; ``num_classes`` and
+    ``head_variant`` unless given). Every file key must map onto a network key of the same shape
+    and every network key must be filled (``num_batches_tracked`` counters absent from the file
+    are set to 0 and listed in the report); otherwise :class:`InputError` names the file and the
+    keys. The output's keys are the model's (``network.`` + the network key), and its metadata
+    records the source and the architecture.
     """
     pkl_path = Path(pkl_path)
     arrays, extras = read_detectron2_pickle(pkl_path)
-    if num_classes is None:
-        predictor = arrays.get("sem_seg_head.predictor.weight")
-        if predictor is None or predictor.ndim != 4:
-            raise InputError(f"{pkl_path}: no 'sem_seg_head.predictor.weight': not a Panoptic-DeepLab checkpoint")
-        num_classes = int(predictor.shape[0])
-    if head_variant is None:
-        head_variant = "dsconv" if "sem_seg_head.decoder.res3.fuse_conv.depthwise.weight" in arrays else "conv"
+    architecture = checkpoint_architecture(arrays, str(pkl_path), num_classes=num_classes, head_variant=head_variant)
     with torch.device("meta"):  # names and shapes only: no memory, no initialisation cost
-        network = build_panoptic_deeplab(num_classes, head_variant=head_variant)  # type: ignore[arg-type]
+        network = build_panoptic_deeplab(architecture.num_classes, **architecture.build_arguments())  # type: ignore[arg-type]
     expected = network.state_dict()
 
     state: StateDict = {}
     unmapped = []
     for key, array in arrays.items():
-        ours = detectron2_key(key)
+        ours = detectron2_key(key, backbone=architecture.backbone)
         if ours is None or ours not in expected:
             unmapped.append(key)
             continue
@@ -147,8 +215,10 @@ def convert_detectron2(
             "source": "detectron2",
             "source_file": pkl_path.name,
             "author": str(author),
-            "num_classes": str(num_classes),
-            "head_variant": head_variant,
+            "num_classes": str(architecture.num_classes),
+            "head_variant": architecture.head_variant,
+            "backbone": architecture.backbone,
+            "low_level_features": ",".join(architecture.low_level_features),
         },
         overwrite=overwrite,
     )
@@ -157,8 +227,10 @@ def convert_detectron2(
         destination=str(out_path),
         num_tensors=len(expected),
         num_parameters=sum(p.numel() for p in network.parameters()),
-        num_classes=num_classes,
-        head_variant=head_variant,
+        num_classes=architecture.num_classes,
+        head_variant=architecture.head_variant,
         author=None if author is None else str(author),
         filled=filled,
+        backbone=architecture.backbone,
+        low_level_features=architecture.low_level_features,
     )
