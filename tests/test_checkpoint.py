@@ -257,3 +257,72 @@ def test_cli_converts_and_load_model_reads_the_result(d2_arrays, tmp_path, capsy
     assert main(["convert", "detectron2", str(tmp_path / "missing.pkl"), str(tmp_path / "x.safetensors")]) == 2
     err = capsys.readouterr().err.splitlines()
     assert "already exists" in err[0] and "missing.pkl" in err[1]
+
+
+def _bin_unicode(text: str) -> bytes:
+    data = text.encode()
+    return b"X" + len(data).to_bytes(4, "little") + data
+
+
+def _crafted_pickles(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """Malformed-but-harmless pickles, each with the words its one-line error must contain."""
+    cases: dict[str, tuple[bytes, str]] = {}
+    cases["object_array"] = (pickle.dumps({"model": {"w": np.array([1, "a"], dtype=object)}}), "dtype object")
+    structured = np.zeros(2, dtype=[("a", np.float32), ("b", np.int8)])
+    cases["structured_array"] = (pickle.dumps({"model": {"w": structured}}), "expected numbers")
+    cases["text_array"] = (pickle.dumps({"model": {"w": np.array(["abc"])}}), "expected numbers")
+    cases["non_string_key"] = (pickle.dumps({"model": {7: np.zeros(2, np.float32)}}), "a key of 'model' is a int")
+    cases["list_model"] = (pickle.dumps({"model": [np.zeros(2)]}), "'model' is a list")
+    cases["not_a_dict"] = (pickle.dumps([1, 2, 3]), "expected a pickled dict, got list")
+    buffers: list = []
+    out_of_band = pickle.dumps({"model": {"w": np.zeros(4, np.float32)}}, protocol=5, buffer_callback=buffers.append)
+    cases["out_of_band"] = (out_of_band, "out-of-band buffers")
+    good = pickle.dumps({"model": {"w": np.zeros(64, np.float32)}})
+    cases["truncated"] = (good[: len(good) // 2], "truncated")
+    paths = {}
+    for name, (data, words) in cases.items():
+        path = tmp_path / f"{name}.pkl"
+        path.write_bytes(data)
+        paths[name] = (path, words)
+    return paths
+
+
+def test_crafted_pickles_give_one_clear_error(tmp_path: Path) -> None:
+    for name, (path, words) in _crafted_pickles(tmp_path).items():
+        with pytest.raises(InputError) as error:
+            read_detectron2_pickle(path)
+        message = str(error.value)
+        assert message.startswith(str(path)) and words in message and "\n" not in message, (name, message)
+
+
+def test_crafted_pickles_exit_2_in_the_cli_and_write_nothing(tmp_path: Path, capsys) -> None:
+    from panopticlab.cli import main
+
+    for name, (path, words) in _crafted_pickles(tmp_path).items():
+        out = tmp_path / f"{name}.safetensors"
+        assert main(["convert", "detectron2", str(path), str(out)]) == 2, name
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], (name, err)
+        assert not out.exists()
+
+
+def test_deeply_nested_extras_are_described_not_kept(tmp_path: Path) -> None:
+    """A 100,000-deep tuple (written opcode by opcode: pickle itself cannot write it) as the author."""
+    depth = 100_000
+    stream = (
+        b"\x80\x02}(" + _bin_unicode("model") + b"}" + _bin_unicode("__author__") + b"(" * depth + b"t" * depth + b"u."
+    )
+    path = tmp_path / "deep.pkl"
+    path.write_bytes(stream)
+    arrays, extras = read_detectron2_pickle(path)
+    assert arrays == {} and extras == {"__author__": "<tuple>"}
+    with pytest.raises(InputError, match="deep.pkl: no 'sem_seg_head.predictor.weight'"):
+        convert_detectron2(path, tmp_path / "deep.safetensors")
+
+
+def test_protocol_5_pickles_with_in_band_buffers_are_read(tmp_path: Path) -> None:
+    arrays = {"a": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.array([True, False])}
+    path = tmp_path / "p5.pkl"
+    path.write_bytes(pickle.dumps({"model": arrays, "__author__": ["not", "plain"]}, protocol=5))
+    read, extras = read_detectron2_pickle(path)
+    assert all(np.array_equal(read[k], v) for k, v in arrays.items()) and extras == {"__author__": "<list>"}

@@ -172,10 +172,22 @@ def _allowed_pickle_globals() -> dict[tuple[str, str], Any]:
         ("numpy", "dtype"): np.dtype,
         ("_codecs", "encode"): codecs.encode,  # how protocol-2 pickles store bytes
     }
+    try:
+        from numpy._core.numeric import _frombuffer
+    except ImportError:  # numpy < 2
+        from numpy.core.numeric import _frombuffer  # type: ignore[no-redef]
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
         allowed[(module, "_reconstruct")] = multiarray._reconstruct
         allowed[(module, "scalar")] = multiarray.scalar
+    for module in ("numpy.core.numeric", "numpy._core.numeric"):
+        allowed[(module, "_frombuffer")] = _frombuffer  # numpy arrays under pickle protocol 5
     return allowed
+
+
+#: array kinds a weights file may hold: bool, signed and unsigned integers, floats
+_NUMERIC_KINDS = "biuf"
+#: what a top-level extra (``__author__``...) may be kept as; anything else is described, not kept
+_PLAIN_EXTRAS = (str, int, float, bool, type(None))
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
@@ -201,6 +213,11 @@ def read_detectron2_pickle(path: str | os.PathLike) -> tuple[dict[str, np.ndarra
     Returns ``(arrays, extras)``: the ``"model"`` dict (key -> ndarray, a ``module.`` prefix
     removed) and the other top-level entries (``__author__``, ``matching_heuristics``...).
     A file that is a bare ``{key: ndarray}`` dict is accepted too.
+
+    Only numeric arrays (bool, integer, float) under string keys are accepted; extras that are not
+    plain scalars are replaced by a description (``<list>``). Anything else, a truncated file, a
+    pickle that refers to out-of-band buffers (protocol 5 with ``buffer_callback``) or one nested
+    too deeply, is an :class:`InputError` naming the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -209,20 +226,34 @@ def read_detectron2_pickle(path: str | os.PathLike) -> tuple[dict[str, np.ndarra
         with open(path, "rb") as f:
             data = _NumpyOnlyUnpickler(f, encoding="latin1").load()
     except pickle.UnpicklingError as e:
+        if "out-of-band" in str(e):
+            raise InputError(f"{path}: the pickle keeps its arrays in out-of-band buffers (protocol 5), "
+                             "which a file cannot carry; save it with the buffers in band") from None  # fmt: skip
         raise InputError(f"{path}: {e}") from None
+    except RecursionError:
+        raise InputError(f"{path}: the pickle is nested too deeply to be a weights file") from None
     except Exception as e:  # truncated or not a pickle at all
         raise InputError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from None
-    if not isinstance(data, dict):
+    if type(data) not in (dict, collections.OrderedDict):
         raise InputError(f"{path}: expected a pickled dict, got {type(data).__name__}")
     model = data.get("model", data)
-    extras = {k: v for k, v in data.items() if k != "model"} if "model" in data else {}
-    if not isinstance(model, dict):
+    extras = {}
+    if "model" in data:
+        for k, v in data.items():
+            if k != "model":
+                extras[str(k)] = v if type(v) in _PLAIN_EXTRAS else f"<{type(v).__name__}>"
+    if type(model) not in (dict, collections.OrderedDict):
         raise InputError(f"{path}: 'model' is a {type(model).__name__}, expected a dict of arrays")
     arrays = {}
     for key, value in model.items():
-        if not isinstance(value, (np.ndarray, np.generic)):
+        if type(key) is not str:
+            raise InputError(f"{path}: a key of 'model' is a {type(key).__name__} ({key!r:.40}), expected a string")
+        if type(value) is not np.ndarray and not isinstance(value, np.generic):
             raise InputError(f"{path}: entry {key!r} is a {type(value).__name__}, expected a numpy array")
-        arrays[key.removeprefix("module.")] = np.asarray(value)
+        array = np.asarray(value)
+        if array.dtype.kind not in _NUMERIC_KINDS or array.dtype.fields is not None:
+            raise InputError(f"{path}: entry {key!r} has dtype {array.dtype}, expected numbers (bool, int or float)")
+        arrays[key.removeprefix("module.")] = array
     return arrays, extras
 
 
