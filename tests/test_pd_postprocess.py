@@ -138,6 +138,44 @@ def test_non_finite_offsets_go_to_the_first_centre_like_d2():
     assert (group_pixels_reference(centers, offsets) - 1).flatten().tolist() == [0, 0, 0, 0]
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_grouping_with_candidate_tiles_equals_the_reference(seed):
+    """Many centres take the pruned path (each tile of predicted positions against the centres that
+    can be nearest): ids equal the oracle's, rounding ties, non-finite and far-off predictions included."""
+    g = torch.Generator().manual_seed(100 + seed)
+    height, width, k = 48, 80, int(torch.randint(postprocess.PRUNE_MIN_CENTERS, 120, (1,), generator=g))
+    centers = torch.stack((torch.randint(height, (k,), generator=g), torch.randint(width, (k,), generator=g)), 1)
+    offsets = torch.randn(2, height, width, generator=g) * (6, 40)[seed % 2]
+    if seed % 4 < 2:
+        offsets = (offsets * 2).round() / 2  # exact and rounding ties
+    if seed % 4 == 3:
+        flat = offsets.view(-1)
+        flat[torch.randint(flat.numel(), (20,), generator=g)] = float("nan")
+        flat[torch.randint(flat.numel(), (20,), generator=g)] = float("-inf")
+        flat[torch.randint(flat.numel(), (20,), generator=g)] = 3e30
+    expected = group_pixels_reference(centers, offsets).flatten() - 1
+    assert torch.equal(nearest_centers(centers, offsets, torch.arange(height * width)), expected)
+    # the dense path agrees on the same inputs
+    dense = postprocess._first_nearest(
+        centers[:, 0].float()[:, None], centers[:, 1].float()[:, None],
+        (torch.arange(height * width) // width).float() + offsets[0].flatten().float(),
+        (torch.arange(height * width) % width).float() + offsets[1].flatten().float(),
+    )  # fmt: skip
+    assert torch.equal(dense, expected)
+
+
+def test_candidate_tiles_keep_every_centre_that_can_be_nearest():
+    """A hand-worked tile: positions in [0, 1] x [0, 1]; centres at distance 1, 5 and 100 from the box."""
+    centers_y, centers_x = torch.tensor([2.0, 6.0, 101.0]), torch.tensor([0.5, 0.5, 0.5])
+    predicted_y, predicted_x = torch.tensor([0.0, 1.0, 0.5]), torch.tensor([0.0, 1.0, 0.5])
+    candidates, tile = postprocess._candidate_centers(centers_y, centers_x, predicted_y, predicted_x)
+    # U**2 = farthest from centre 0: (2 - 0)**2 + 0.5**2 = 4.25; centre 1's gap 5**2 = 25 > 4.25
+    assert tile.tolist() == [0, 0, 0] and candidates.tolist() == [[0]]
+    centers_y = torch.tensor([2.0, 3.0, 101.0])  # centre 1: gap 2**2 = 4 <= 4.25, kept
+    candidates, _ = postprocess._candidate_centers(centers_y, centers_x, predicted_y, predicted_x)
+    assert candidates.tolist() == [[0, 1]]
+
+
 # --- merge ------------------------------------------------------------------------------------
 
 

@@ -108,6 +108,9 @@ def nearest_centers(centers: Tensor, offsets: Tensor, pixels: Tensor) -> Tensor:
     rounded root equals that of ``m``, and returns the first centre with squared distance
     <= ``s_max``. (float64 offsets compare ``sqrt`` of the squared distances instead.)
 
+    With many centres (at least :data:`PRUNE_MIN_CENTERS`) each pixel is compared only with the
+    centres that can be nearest to it (:func:`_candidate_centers`); the result is the same.
+
     Args:
         centers: int64 [K, 2] (y, x), K >= 1.
         offsets: float32 or float64 [2, H, W], channels (dy, dx).
@@ -117,23 +120,66 @@ def nearest_centers(centers: Tensor, offsets: Tensor, pixels: Tensor) -> Tensor:
         int64 [N] in ``0 .. K-1``.
     """
     width, dtype = offsets.shape[2], offsets.dtype
-    num_centers = centers.shape[0]
-    center_y = centers[:, 0].to(dtype).unsqueeze(1)  # [K, 1]
-    center_x = centers[:, 1].to(dtype).unsqueeze(1)
     # Predicted centres [N], rounded as D2 rounds ``coordinate + offset``.
-    all_predicted_y = (pixels // width).to(dtype) + offsets[0].flatten()[pixels]
-    all_predicted_x = (pixels % width).to(dtype) + offsets[1].flatten()[pixels]
+    predicted_y = (pixels // width).to(dtype) + offsets[0].flatten()[pixels]
+    predicted_x = (pixels % width).to(dtype) + offsets[1].flatten()[pixels]
+    center_y, center_x = centers[:, 0].to(dtype), centers[:, 1].to(dtype)
+    if centers.shape[0] < PRUNE_MIN_CENTERS:
+        return _first_nearest(center_y[:, None], center_x[:, None], predicted_y, predicted_x)
+    nearest = torch.zeros_like(pixels)
+    # Far-off or non-finite predictions (their squares may overflow) go through all centres.
+    ordinary = (predicted_y.abs() < 1e6) & (predicted_x.abs() < 1e6)
+    unusual = torch.nonzero(~ordinary).squeeze(1)
+    if unusual.numel():
+        nearest[unusual] = _first_nearest(center_y[:, None], center_x[:, None], predicted_y[unusual], predicted_x[unusual])
+    usual = torch.nonzero(ordinary).squeeze(1)
+    if usual.numel():
+        candidates, tile = _candidate_centers(center_y, center_x, predicted_y[usual], predicted_x[usual])
+        # Padding candidates (-1) sit at an infinite distance: never within the limit.
+        far = torch.tensor(float("inf"), dtype=dtype, device=centers.device)
+        padded_y = torch.cat([center_y, far[None]])
+        padded_x = torch.cat([center_x, far[None]])
+        usual_y, usual_x = predicted_y[usual], predicted_x[usual]
+        chunk = max(1, GROUPING_CHUNK_ELEMENTS * (16 if pixels.is_cuda else 1) // candidates.shape[1])
+        for start in range(0, usual.numel(), chunk):
+            index = candidates[tile[start : start + chunk]]  # [n, C], ascending centre ids then -1
+            y, x = usual_y[start : start + chunk], usual_x[start : start + chunk]
+            local = _first_nearest(padded_y[index].T, padded_x[index].T, y, x)
+            nearest[usual[start : start + chunk]] = index.gather(1, local[:, None]).squeeze(1)
+    return nearest
+
+
+#: from this many centres on, pixels are compared with the candidate centres of their tile only
+PRUNE_MIN_CENTERS = 24
+#: side of the square tiles (pixels of predicted position) that share a candidate list
+PRUNE_TILE = 32
+
+
+def _first_nearest(center_y: Tensor, center_x: Tensor, predicted_y: Tensor, predicted_x: Tensor) -> Tensor:
+    """The first centre (row) nearest to each predicted position (column), with D2's ties.
+
+    Args:
+        center_y, center_x: [K, 1] (the same centres for every position) or [K, n] (a list per position).
+        predicted_y, predicted_x: [n].
+
+    Returns:
+        int64 [n], row indices; 0 where no centre is finite-near (NaN or infinite predictions), as D2's argmin.
+    """
+    dtype = predicted_y.dtype
+    num_centers = center_y.shape[0]
     # K, K-1, ..., 1 (exact in float32 up to 2**24 centres).
-    reversed_index = torch.arange(num_centers, 0, -1, dtype=dtype, device=centers.device).unsqueeze(1)
-    nearest = torch.empty_like(pixels)
-    chunk_elements = GROUPING_CHUNK_ELEMENTS * (16 if pixels.is_cuda else 1)
+    reversed_index = torch.arange(num_centers, 0, -1, dtype=dtype, device=predicted_y.device).unsqueeze(1)
+    nearest = torch.empty(predicted_y.shape, dtype=torch.int64, device=predicted_y.device)
+    chunk_elements = GROUPING_CHUNK_ELEMENTS * (16 if predicted_y.is_cuda else 1)
     chunk = max(1, chunk_elements // num_centers)
-    for start in range(0, pixels.numel(), chunk):
-        predicted_y = all_predicted_y[start : start + chunk]
-        predicted_x = all_predicted_x[start : start + chunk]
-        squared = center_y - predicted_y  # [K, n], in place from here on
+    shared = center_y.shape[1] == 1
+    for start in range(0, predicted_y.numel(), chunk):
+        stop = start + chunk
+        cy = center_y if shared else center_y[:, start:stop]
+        cx = center_x if shared else center_x[:, start:stop]
+        squared = cy - predicted_y[start:stop]  # [K, n], in place from here on
         squared.mul_(squared)
-        dx = center_x - predicted_x
+        dx = cx - predicted_x[start:stop]
         squared.add_(dx.mul_(dx))
         del dx
         if dtype == torch.float64:
@@ -145,8 +191,51 @@ def nearest_centers(centers: Tensor, offsets: Tensor, pixels: Tensor) -> Tensor:
         # First centre within the limit = K - max over those centres of (K - index). A NaN or
         # infinite prediction has none (countdown 0) and gets centre 0, like D2's argmin.
         countdown = torch.where(squared <= limit, reversed_index, 0).amax(dim=0).long()
-        nearest[start : start + chunk] = torch.where(countdown > 0, num_centers - countdown, 0)
+        nearest[start:stop] = torch.where(countdown > 0, num_centers - countdown, 0)
     return nearest
+
+
+def _candidate_centers(center_y: Tensor, center_x: Tensor, predicted_y: Tensor, predicted_x: Tensor) -> tuple[Tensor, Tensor]:
+    """For tiles of predicted positions, the centres that can be nearest to a position in the tile.
+
+    Positions are binned by :data:`PRUNE_TILE`-pixel tiles of their predicted (y, x); each tile's
+    box is the bounding box of its positions. Every position of a box lies within
+    ``U = min_k (farthest distance from centre k to the box)`` of some centre, so a centre whose
+    nearest distance to the box exceeds U can never be the nearest, nor tie with it (the bound
+    is taken in float64 with a margin far above float32 rounding, so the candidate lists are
+    supersets of what is needed).
+
+    Returns:
+        the candidate lists int64 [T, C] (ascending centre ids, padded with -1; C the longest
+        list) and each position's tile int64 [n] (a row of the lists).
+    """
+    y, x = predicted_y.double(), predicted_x.double()
+    tile_y = torch.div(y, PRUNE_TILE, rounding_mode="floor").long()
+    tile_x = torch.div(x, PRUNE_TILE, rounding_mode="floor").long()
+    tile_y, tile_x = tile_y - tile_y.min(), tile_x - tile_x.min()
+    key = tile_y * (int(tile_x.max()) + 1) + tile_x
+    tiles, tile = torch.unique(key, return_inverse=True)
+    count = len(tiles)
+
+    def reduce(values: Tensor, how: str) -> Tensor:
+        start = torch.full((count,), float("inf") if how == "amin" else float("-inf"), dtype=values.dtype, device=values.device)
+        return start.scatter_reduce(0, tile, values, reduce=how)
+
+    y0, y1, x0, x1 = reduce(y, "amin"), reduce(y, "amax"), reduce(x, "amin"), reduce(x, "amax")
+    cy, cx = center_y.double()[None, :], center_x.double()[None, :]  # [1, K]
+    gap_y = torch.clamp(torch.maximum(y0[:, None] - cy, cy - y1[:, None]), min=0)  # [T, K]
+    gap_x = torch.clamp(torch.maximum(x0[:, None] - cx, cx - x1[:, None]), min=0)
+    nearest_box = gap_y.square() + gap_x.square()
+    reach_y = torch.maximum((cy - y0[:, None]).abs(), (cy - y1[:, None]).abs())
+    reach_x = torch.maximum((cx - x0[:, None]).abs(), (cx - x1[:, None]).abs())
+    bound = (reach_y.square() + reach_x.square()).amin(dim=1, keepdim=True)  # U**2 [T, 1]
+    possible = nearest_box <= bound * (1 + 1e-4) + 1e-2  # [T, K]
+    longest = int(possible.sum(dim=1).max())
+    ids = torch.arange(possible.shape[1], device=possible.device).expand_as(possible)
+    # candidates first (ascending id), the rest after: sort by (not possible, id)
+    order = torch.argsort((~possible).long() * possible.shape[1] + ids, dim=1)[:, :longest]
+    candidates = torch.where(possible.gather(1, order), order, -1)
+    return candidates, tile
 
 
 def _largest_square_with_same_root(smallest: Tensor) -> Tensor:
