@@ -247,6 +247,39 @@ def _run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_export(subparsers) -> None:
+    p = subparsers.add_parser(
+        "export",
+        help="export a Panoptic-DeepLab network to ONNX (checked against PyTorch with onnxruntime)",
+        description="Export the network of a Panoptic-DeepLab config and its weights to ONNX, with dynamic "
+        "batch, height and width; the file is checked against the eager network with onnxruntime and "
+        "written only if it reproduces it. `panopticlab predict --onnx FILE` runs it with panopticlab's "
+        "post-processing.",
+    )
+    p.add_argument("--config", required=True, type=Path, help="the model's YAML config")
+    p.add_argument("--weights", required=True, type=Path, help="a .safetensors file")
+    p.add_argument("--format", required=True, help="onnx (torchscript is not supported yet)")
+    p.add_argument("--output", required=True, type=Path, help="the file to write, e.g. model.onnx")
+    p.add_argument("--size", type=int, nargs=2, default=(512, 1024), metavar=("HEIGHT", "WIDTH"), help="the example's size")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from panopticlab.export import export_onnx
+    from panopticlab.models import load_model
+
+    if args.format != "onnx":
+        raise InputError(f"--format {args.format}: unsupported (onnx is; TorchScript export is not written yet)")
+    if args.output.exists() and not args.overwrite:
+        raise InputError(f"{args.output}: already exists (pass --overwrite to replace it)")
+    model = load_model(args.config, args.weights)
+    report = export_onnx(model, args.output, sample_size=tuple(args.size), overwrite=args.overwrite)
+    worst = max(report.max_abs_difference.values())
+    print(f"wrote {report.path}: {report.size_bytes / 2**20:.1f} MiB, opset {report.opset}, checked with onnxruntime "
+          f"at {' and '.join(f'{h}x{w}' for h, w in report.checked_sizes)} (largest relative difference {worst:.1e})")  # fmt: skip
+    return 0
+
+
 def _add_evaluate(subparsers) -> None:
     from panopticlab.evaluation.cli import add_evaluate_arguments
 
@@ -334,7 +367,9 @@ def _add_predict(subparsers) -> None:
         "model.panoptic_deeplab.tta_flip=true) may be given among them.",
     )
     p.add_argument("--config", required=True, type=Path, help="the model's YAML config")
-    p.add_argument("--weights", required=True, type=Path, help="a .safetensors file")
+    weights = p.add_mutually_exclusive_group(required=True)
+    weights.add_argument("--weights", type=Path, help="a .safetensors file")
+    weights.add_argument("--onnx", type=Path, help="an exported network (panopticlab export), run by onnxruntime")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_KEY=VALUE", help="image files or folders of images, and config overrides")
     p.add_argument("--output", required=True, type=Path, help="folder for the results")
     p.add_argument("--batch-size", type=int, default=None, help="images per batch (default test.batch_size)")
@@ -351,7 +386,15 @@ def _run_predict(args: argparse.Namespace) -> int:
     if not images:
         raise InputError("predict needs at least one image file or folder")
     config = _load_experiment(args)
-    model = load_model(config, args.weights, device=resolve_device(config.device))
+    if args.onnx is not None:
+        from panopticlab.export import OnnxNetwork
+
+        model = load_model(config, None)  # the config's post-processing around the exported network
+        if not hasattr(model, "network"):
+            raise InputError(f"{args.onnx}: --onnx runs Panoptic-DeepLab exports only, and {args.config} is not one")
+        model.network = OnnxNetwork(args.onnx)
+    else:
+        model = load_model(config, args.weights, device=resolve_device(config.device))
     batch_size = config.test.batch_size if args.batch_size is None else args.batch_size
     written = predict_files(
         model, images, args.output, batch_size=batch_size, overwrite=args.overwrite, progress=progress_bar
@@ -367,6 +410,7 @@ COMMANDS: dict[str, tuple[Callable, Callable[[argparse.Namespace], int]]] = {
     "demo": (_add_demo, _run_demo),
     "evaluate": (_add_evaluate, _run_evaluate),
     "convert": (_add_convert, _run_convert),
+    "export": (_add_export, _run_export),
     "train": (_add_train, _run_train),
     "test": (_add_test, _run_test),
     "predict": (_add_predict, _run_predict),

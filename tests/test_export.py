@@ -1,0 +1,112 @@
+"""ONNX export of Panoptic-DeepLab: the file reproduces the network, predict --onnx reproduces predict."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from panopticlab.cli import main
+from panopticlab.config import Config, from_dict
+from panopticlab.errors import InputError
+from panopticlab.export import OnnxNetwork, export_onnx
+from panopticlab.models import build_model
+from panopticlab.weights import save_weights
+from test_pd_model import TINY as PD_TINY
+from test_sognet_model import TINY as SOGNET_TINY
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny Panoptic-DeepLab, with trained-looking heads (random, larger than at initialisation), exported once."""
+    folder = tmp_path_factory.mktemp("export")
+    torch.manual_seed(0)
+    model = build_model(from_dict(Config, {"model": PD_TINY})).eval()
+    with torch.no_grad():
+        for head in (model.network.semantic_head, model.network.center_head, model.network.offset_head):
+            for p in head.parameters():
+                p.normal_(0, 0.3)
+    config = folder / "tiny.yaml"
+    config.write_text(yaml.safe_dump({"model": PD_TINY}))
+    weights = folder / "tiny.safetensors"
+    save_weights(model.state_dict(), weights)
+    report = export_onnx(model, folder / "tiny.onnx", sample_size=(64, 96), check_size=(96, 64))
+    return model, config, weights, report
+
+
+def test_the_exported_graph_reproduces_the_network_at_other_sizes(exported):
+    model, _, _, report = exported
+    assert report.checked_sizes == [(64, 96), (96, 64)] and max(report.max_abs_difference.values()) < 1e-4
+    network = OnnxNetwork(report.path)
+    for shape in [(1, 3, 128, 160), (3, 3, 32, 64)]:  # neither size was traced; a batch of 3
+        images = torch.rand(*shape) * 255
+        with torch.no_grad():
+            expected = model.network.forward_heads(images)
+        got = network.forward_heads(images)
+        for name in ("sem_seg", "center", "offset"):
+            assert got[name].shape == expected[name].shape
+            torch.testing.assert_close(got[name], expected[name], atol=1e-4 * max(1.0, float(expected[name].abs().max())), rtol=0)
+
+
+def test_predict_through_onnxruntime_gives_the_pytorch_results(exported):
+    model, _, _, report = exported
+    images = torch.randint(0, 256, (2, 3, 64, 96), dtype=torch.uint8)
+    expected = model.predict(images)
+    onnx_model = build_model(from_dict(Config, {"model": PD_TINY}))
+    onnx_model.network = OnnxNetwork(report.path)
+    for e, g in zip(expected, onnx_model.predict(images)):
+        np.testing.assert_array_equal(g.id_map, e.id_map)
+        assert [(s.id, s.category_id, s.area) for s in g.segments] == [(s.id, s.category_id, s.area) for s in e.segments]
+
+
+def test_cli_export_and_predict_onnx(exported, tmp_path, capsys):
+    model, config, weights, _ = exported
+    out = tmp_path / "model.onnx"
+    assert main(["export", "--config", str(config), "--weights", str(weights), "--format", "onnx", "--output", str(out), "--size", "64", "64"]) == 0
+    assert "checked with onnxruntime at 64x64 and" in capsys.readouterr().out and out.stat().st_size > 0
+    image = tmp_path / "in" / "a.png"
+    image.parent.mkdir()
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)).save(image)
+    for flag, path, folder in (("--onnx", out, "via_onnx"), ("--weights", weights, "via_torch")):
+        assert main(["predict", "--config", str(config), flag, str(path), str(image), "--output", str(tmp_path / folder)]) == 0
+    capsys.readouterr()
+    onnx_json = json.loads((tmp_path / "via_onnx" / "panoptic.json").read_text())
+    torch_json = json.loads((tmp_path / "via_torch" / "panoptic.json").read_text())
+    onnx_segments, torch_segments = onnx_json["annotations"][0]["segments_info"], torch_json["annotations"][0]["segments_info"]
+    drop = lambda s: {k: v for k, v in s.items() if k != "score"}  # noqa: E731
+    assert [drop(s) for s in onnx_segments] == [drop(s) for s in torch_segments]
+    scores = [[s["score"] for s in segments if s.get("score") is not None] for segments in (onnx_segments, torch_segments)]
+    assert scores[0] == pytest.approx(scores[1], abs=1e-5)
+
+
+def test_cli_export_refuses_bad_requests_with_one_line_and_no_file(exported, tmp_path, capsys):
+    _, config, weights, report = exported
+    sognet_config = tmp_path / "sognet.yaml"
+    sognet_config.write_text(yaml.safe_dump({"model": SOGNET_TINY}))
+    sognet_weights = tmp_path / "sognet.safetensors"
+    save_weights(build_model(from_dict(Config, {"model": SOGNET_TINY})).state_dict(), sognet_weights)
+    cases = [
+        (["--config", str(config), "--weights", str(weights), "--format", "torchscript"], "unsupported"),
+        (["--config", str(config), "--weights", str(sognet_weights), "--format", "onnx"], "sognet.safetensors"),
+        (["--config", str(sognet_config), "--weights", str(sognet_weights), "--format", "onnx"], "Panoptic-DeepLab only"),
+    ]
+    for k, (arguments, words) in enumerate(cases):
+        out = tmp_path / f"bad{k}.onnx"
+        assert main(["export", *arguments, "--output", str(out), "--size", "64", "64"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], err
+        assert not out.exists() and not list(tmp_path.glob(".export-*"))
+    # an existing file is kept
+    existing = tmp_path / "existing.onnx"
+    existing.write_bytes(b"keep me")
+    assert main(["export", "--config", str(config), "--weights", str(weights), "--format", "onnx", "--output", str(existing)]) == 2
+    assert "already exists" in capsys.readouterr().err and existing.read_bytes() == b"keep me"
+    with pytest.raises(InputError, match="not a readable ONNX file"):
+        OnnxNetwork(existing)
