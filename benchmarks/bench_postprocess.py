@@ -139,6 +139,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, help="write the results as JSON here")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls of panopticlab's version")
     parser.add_argument("--quick", action="store_true", help="small sizes only (smoke test)")
+    parser.add_argument("--sizes", nargs="+", metavar="HxW", help="only these sizes, e.g. 512x1024 (the reference needs minutes and GBs at 1024x2048)")
     parser.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -151,7 +152,10 @@ def main() -> None:
     header = f"{'size':>10} {'K':>4} {'reference s':>12} {'ours s':>9} {'speed-up':>9} {'ref peak MB':>12} {'our peak MB':>12}"
     print(f"torch {torch.__version__}, 2 CPU threads, load average {os.getloadavg()[0]:.1f} at start\n{header}")
     with tempfile.TemporaryDirectory() as tmp:
-        for height, width, num_centers in QUICK_SETTINGS if args.quick else SETTINGS:
+        settings = QUICK_SETTINGS if args.quick else SETTINGS
+        if args.sizes:
+            settings = [s for s in settings if f"{s[0]}x{s[1]}" in args.sizes]
+        for height, width, num_centers in settings:
             ref_out, our_out = f"{tmp}/ref.pt", f"{tmp}/ours.pt"
             setting = (height, width, num_centers)
             ref = measure("time", "reference", setting, 0, ref_out)
