@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,3 +111,23 @@ def test_cli_export_refuses_bad_requests_with_one_line_and_no_file(exported, tmp
     assert "already exists" in capsys.readouterr().err and existing.read_bytes() == b"keep me"
     with pytest.raises(InputError, match="not a readable ONNX file"):
         OnnxNetwork(existing)
+
+
+def test_the_gpu_suite_runs_on_a_cpu_in_quick_mode(tmp_path):
+    """benchmarks/gpu_suite.py is ready before a GPU is lent: every path at small sizes on the CPU."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "suite.json"
+    subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "gpu_suite.py"), "--device", "cpu", "--quick", "--output", str(out)],
+        check=True, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    report = json.loads(out.read_text())
+    rows = report["panoptic_deeplab_latency"]
+    assert {(r["variant"], r["batch"], r["what"]) for r in rows} == {
+        (v, b, w) for v in ("fp32", "bf16", "channels_last") for b in (1, 2) for w in ("network", "end_to_end")
+    }
+    assert all(r["median_s"] > 0 for r in rows)
+    assert report["panoptic_deeplab_training"]["images_per_s"] > 0 and report["sognet_latency"]["median_s"] > 0
