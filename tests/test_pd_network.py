@@ -201,3 +201,36 @@ def test_predictors_initialised_as_detectron2() -> None:
     weight = fresh.semantic_head.predictor.weight
     assert 0.0005 < weight.std().item() < 0.002
     assert fresh.semantic_head.predictor.bias.abs().max().item() == 0.0
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"head_variant": "conv"},
+        {"backbone": "seed:xception65"},
+        {"backbone": "seed:hrnet_w18", "low_level_features": ("res4", "res3", "res2"),
+         "semantic_projection_channels": (128, 64, 32), "instance_projection_channels": (128, 64, 32)},
+    ],
+)  # fmt: skip
+def test_folding_batchnorm_keeps_the_outputs(options) -> None:
+    from panopticlab.models.norm import fold_batchnorm
+
+    torch.manual_seed(0)
+    network = build_panoptic_deeplab(19, **options).eval()
+    with torch.no_grad():  # statistics far from the identity, so a missed or wrong fold shows
+        for m in network.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.3, 0.3), m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.2, 0.2)
+    images = torch.rand(1, 3, 64, 96) * 255
+    with torch.no_grad():
+        expected = network(images)
+    batchnorms = sum(isinstance(m, nn.BatchNorm2d) for m in network.modules())
+    assert fold_batchnorm(network) == batchnorms and not any(isinstance(m, nn.BatchNorm2d) for m in network.modules())
+    with torch.no_grad():
+        got = network(images)
+    for name, value in expected.items():
+        torch.testing.assert_close(got[name], value, rtol=0, atol=2e-5 * float(value.abs().max()))
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batchnorm(network.train())

@@ -1,0 +1,119 @@
+"""Panoptic-DeepLab network latency on a CPU: eager as detectron2 runs it, against the faster paths.
+
+The reference is the plain eager R52-DSConv network (our module, whose outputs equal detectron2's to
+1e-7 on its converted weights; detectron2 itself is not installed here), fp32, contiguous (NCHW).
+Side by side in one process, the same random weights and input, warm runs on both sides:
+
+* ``folded``: BatchNorm folded into the convolutions (``panopticlab.models.norm.fold_batchnorm``);
+* ``folded_channels_last``: the same with channels_last weights and input (oneDNN's preferred layout);
+* ``onnxruntime``: the network exported by ``panopticlab export`` (BatchNorm folded by onnxruntime's
+  graph optimiser), with the file's size.
+
+Each path's outputs are checked against the reference (largest difference relative to the output's
+largest magnitude). Reported: median seconds of ``--repeats`` after ``--warmup``, and the ratio to the
+reference (< 1: faster).
+
+    python benchmarks/bench_inference.py --size 512 1024 --threads 2 --output benchmarks/results/bench_inference.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from panopticlab.fileio import write_json
+from panopticlab.models.norm import fold_batchnorm
+from panopticlab.models.panoptic_deeplab.network import build_panoptic_deeplab
+
+
+def median_seconds(fn, warmup: int, repeats: int) -> float:
+    for _ in range(warmup):
+        fn()
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds)
+
+
+def largest_difference(expected: dict, got: dict) -> float:
+    return max(float((got[k] - v).abs().max()) / max(1.0, float(v.abs().max())) for k, v in expected.items())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, nargs=2, default=(512, 1024))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-onnx", action="store_true")
+    parser.add_argument("--output", type=Path)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    reference = build_panoptic_deeplab(19).eval()
+    with torch.no_grad():  # trained-looking statistics, so that folding changes numbers
+        for m in reference.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.3, 0.3), m.running_var.uniform_(0.5, 2.0)
+    images = torch.rand(1, 3, *args.size) * 255
+    folded = copy.deepcopy(reference)
+    fold_batchnorm(folded)
+    channels_last = copy.deepcopy(folded).to(memory_format=torch.channels_last)
+    images_cl = images.contiguous(memory_format=torch.channels_last)
+
+    def run(network, x):
+        with torch.no_grad():
+            return network(x)
+
+    expected = run(reference, images)
+    paths = {
+        "reference_eager": lambda: run(reference, images),
+        "folded": lambda: run(folded, images),
+        "folded_channels_last": lambda: run(channels_last, images_cl),
+    }
+    rows, extra = {}, {}
+    if not args.no_onnx:
+        from panopticlab.config import Config, from_dict
+        from panopticlab.export import OnnxNetwork, export_onnx
+        from panopticlab.models import build_model
+
+        model = build_model(from_dict(Config, {"model": {"arch": "panoptic_deeplab", "categories": "cityscapes"}}))
+        model.network.load_state_dict(reference.state_dict())
+        scratch = tempfile.TemporaryDirectory()
+        onnx_path = Path(scratch.name) / "r52_dsconv.onnx"
+        start = time.perf_counter()
+        report = export_onnx(model.eval(), onnx_path, sample_size=tuple(args.size))
+        extra["onnx_export_seconds"] = time.perf_counter() - start
+        extra["onnx_file_mib"] = report.size_bytes / 2**20
+        onnx_network = OnnxNetwork(onnx_path, threads=args.threads)
+        paths["onnxruntime"] = lambda: onnx_network.forward_heads(images)
+    for name, fn in paths.items():
+        seconds = median_seconds(fn, args.warmup, args.repeats)
+        rows[name] = {"seconds": seconds, "max_relative_difference": largest_difference(expected, fn())}
+        print(f"{name:>22}: {seconds:.3f} s", flush=True)
+    for row in rows.values():
+        row["ratio_to_reference"] = row["seconds"] / rows["reference_eager"]["seconds"]
+    report = {
+        "network": "Panoptic-DeepLab R52-DSConv, 19 classes (detectron2's Cityscapes model), random weights",
+        "reference": "the plain eager network, fp32 NCHW (equal to detectron2's outputs to 1e-7 on its weights)",
+        "size": list(args.size),
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "results": rows,
+        **extra,
+    }
+    if args.output:
+        write_json(args.output, report)
+        print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
