@@ -164,3 +164,27 @@ def test_weights_load_into_the_module_they_name(tmp_path):
         load_weights(tiny_model(), tmp_path / "net.safetensors")
     with pytest.raises(InputError, match="no keys start with 'head.'"):
         load_weights(network, tmp_path / "model.safetensors", prefix="head.")
+
+
+def test_predict_batches_images_of_one_size_and_results_do_not_depend_on_the_batch():
+    from panopticlab.models.panoptic_deeplab import model as pd_model
+
+    model = tiny_model().eval()
+    with torch.no_grad():  # heads that find things, so the comparison has instances in it
+        for p in model.network.center_head.parameters():
+            p.normal_(0, 0.3)
+        model.network.center_head.predictor.bias.fill_(1.0)  # above the 0.3 threshold: peaks become centres
+    g = torch.Generator().manual_seed(0)
+    images = [torch.randint(0, 256, (3, 64, 96), generator=g, dtype=torch.uint8) for _ in range(3)]
+    images.insert(2, torch.randint(0, 256, (3, 48, 64), generator=g, dtype=torch.uint8))
+    calls = []
+    forward = model.forward_heads
+    model.forward_heads = lambda x: calls.append(tuple(x.shape)) or forward(x)
+    together = model.predict(images)
+    assert calls == [(2, 3, 64, 96), (1, 3, 48, 64), (1, 3, 64, 96)]  # runs of one size, in order
+    alone = [model.predict(image)[0] for image in images]
+    assert any(s.isthing for r in alone for s in r.segments)
+    for a, b in zip(together, alone):
+        np.testing.assert_array_equal(a.id_map, b.id_map)
+        assert [(s.id, s.category_id, s.area) for s in a.segments] == [(s.id, s.category_id, s.area) for s in b.segments]
+    assert pd_model._same_size_runs([]) == []

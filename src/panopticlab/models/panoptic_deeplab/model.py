@@ -136,8 +136,10 @@ class PanopticDeepLab(PanopticModel):
         flip = s.tta_flip if tta_flip is None else tta_flip
         results = []
         with inference_mode(self):
-            for image in as_image_tensors(images):
-                outputs = self._heads_with_tta(image[None].to(self.device), scales, flip)
+            for batch in _same_size_runs(as_image_tensors(images)):
+                # one network pass per run of equal-sized images: no padding, so a result does not
+                # depend on the batch it came in
+                outputs = self._heads_with_tta(torch.stack(batch).to(self.device), scales, flip)
                 results += panoptic_deeplab_inference(
                     outputs["sem_seg"],
                     outputs["center"],
@@ -153,7 +155,7 @@ class PanopticDeepLab(PanopticModel):
         return results
 
     def _heads_with_tta(self, image: torch.Tensor, scales: Sequence[float], flip: bool) -> dict[str, torch.Tensor]:
-        """Head outputs for [1, 3, H, W], averaged over scales (and flips) at the input size.
+        """Head outputs for [B, 3, H, W], averaged over scales (and flips) at the input size.
 
         Semantic probabilities, centre heatmaps and offsets are averaged; offsets are divided
         by their scale, and the x offset of a flipped pass changes sign. ``sem_seg`` is
@@ -182,6 +184,17 @@ class PanopticDeepLab(PanopticModel):
                 offsets = offsets + back(offset) / scale
                 passes += 1
         return {"sem_seg": (probs / passes).clamp_min(1e-12).log(), "center": centers / passes, "offset": offsets / passes}
+
+
+def _same_size_runs(images: Sequence[torch.Tensor]) -> list[list[torch.Tensor]]:
+    """Consecutive images [3, H, W] of the same size, grouped (the order is kept)."""
+    runs: list[list[torch.Tensor]] = []
+    for image in images:
+        if runs and runs[-1][0].shape == image.shape:
+            runs[-1].append(image)
+        else:
+            runs.append([image])
+    return runs
 
 
 def build_panoptic_deeplab_model(
