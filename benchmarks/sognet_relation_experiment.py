@@ -40,6 +40,7 @@ Writes ``OUT/experiment.json`` (default OUT: outputs/sognet_relation) and prints
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -248,7 +249,11 @@ def main() -> None:
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="a smoke run: one condition, one seed, 6 iterations, 16 + 6 images")
+    parser.add_argument("--table-from", type=Path, help="print the Markdown tables of an experiment.json and stop")
     args = parser.parse_args()
+    if args.table_from:
+        print_table(json.loads(args.table_from.read_text()))
+        return
     if args.quick:
         args.conditions, args.seeds, args.iterations = args.conditions[:1], args.seeds[:1], 6
         args.train_images, args.val_images, args.resamples = 16, 6, 50
@@ -302,17 +307,18 @@ def print_table(report: dict) -> None:
     columns = ("PQ_th", "PQ_th_occluded", "front_pixels", "direction", "score_front")
     for condition, result in report["conditions"].items():
         print(f"\n### {condition}\n")
-        print("| arm | " + " | ".join(columns) + " |")
-        print("|---|" + "---|" * len(columns))
+        print("| arm | seeds | " + " | ".join(columns) + " | direction per seed |")
+        print("|---|---|" + "---|" * len(columns) + "---|")
         for arm, row in result["arms"].items():
             cells = []
             for c in columns:
-                value = f"{row[c]:.1f}"
+                value = "-" if row[c] != row[c] else f"{row[c]:.1f}"  # NaN: not applicable
                 if c in row["interval95"]:
                     low, high = row["interval95"][c]
                     value += f" [{low:.1f}, {high:.1f}]"
                 cells.append(value)
-            print(f"| {arm} | " + " | ".join(cells) + " |")
+            per_seed = ", ".join("-" if s["direction"] != s["direction"] else f"{s['direction']:.0f}" for s in row["per_seed"])
+            print(f"| {arm} | {len(row['per_seed'])} | " + " | ".join(cells) + f" | {per_seed} |")
         for name, diff in result["occluded_PQ_th_differences"].items():
             print(f"\n{name}, occluded-thing PQ_th: {diff['difference']:.1f} [{diff['low']:.1f}, {diff['high']:.1f}]")
 

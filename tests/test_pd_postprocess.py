@@ -168,12 +168,13 @@ def test_candidate_tiles_keep_every_centre_that_can_be_nearest():
     """A hand-worked tile: positions in [0, 1] x [0, 1]; centres at distance 1, 5 and 100 from the box."""
     centers_y, centers_x = torch.tensor([2.0, 6.0, 101.0]), torch.tensor([0.5, 0.5, 0.5])
     predicted_y, predicted_x = torch.tensor([0.0, 1.0, 0.5]), torch.tensor([0.0, 1.0, 0.5])
-    candidates, tile = postprocess._candidate_centers(centers_y, centers_x, predicted_y, predicted_x)
+    candidates, tile = postprocess._candidate_centers(centers_y, centers_x, predicted_y, predicted_x, 8, 8)
     # U**2 = farthest from centre 0: (2 - 0)**2 + 0.5**2 = 4.25; centre 1's gap 5**2 = 25 > 4.25
-    assert tile.tolist() == [0, 0, 0] and candidates.tolist() == [[0]]
+    assert len(set(tile.tolist())) == 1 and candidates[tile[0]].tolist() == [0]
+    assert (candidates[[t for t in range(len(candidates)) if t != tile[0]]] == -1).all()  # empty tiles: none
     centers_y = torch.tensor([2.0, 3.0, 101.0])  # centre 1: gap 2**2 = 4 <= 4.25, kept
-    candidates, _ = postprocess._candidate_centers(centers_y, centers_x, predicted_y, predicted_x)
-    assert candidates.tolist() == [[0, 1]]
+    candidates, tile = postprocess._candidate_centers(centers_y, centers_x, predicted_y, predicted_x, 8, 8)
+    assert candidates[tile[0]].tolist() == [0, 1]
 
 
 # --- merge ------------------------------------------------------------------------------------

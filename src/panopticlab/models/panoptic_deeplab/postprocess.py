@@ -134,18 +134,30 @@ def nearest_centers(centers: Tensor, offsets: Tensor, pixels: Tensor) -> Tensor:
         nearest[unusual] = _first_nearest(center_y[:, None], center_x[:, None], predicted_y[unusual], predicted_x[unusual])
     usual = torch.nonzero(ordinary).squeeze(1)
     if usual.numel():
-        candidates, tile = _candidate_centers(center_y, center_x, predicted_y[usual], predicted_x[usual])
+        height = offsets.shape[1]
+        candidates, tile = _candidate_centers(center_y, center_x, predicted_y[usual], predicted_x[usual], height, width)
         # Padding candidates (-1) sit at an infinite distance: never within the limit.
-        far = torch.tensor(float("inf"), dtype=dtype, device=centers.device)
-        padded_y = torch.cat([center_y, far[None]])
-        padded_x = torch.cat([center_x, far[None]])
+        far = torch.tensor([float("inf")], dtype=dtype, device=centers.device)
+        tile_y, tile_x = torch.cat([center_y, far])[candidates], torch.cat([center_x, far])[candidates]  # [T, C]
         usual_y, usual_x = predicted_y[usual], predicted_x[usual]
-        chunk = max(1, GROUPING_CHUNK_ELEMENTS * (16 if pixels.is_cuda else 1) // candidates.shape[1])
+        width_c = candidates.shape[1]
+        chunk = max(1, GROUPING_CHUNK_ELEMENTS * (16 if pixels.is_cuda else 1) // width_c)
         for start in range(0, usual.numel(), chunk):
-            index = candidates[tile[start : start + chunk]]  # [n, C], ascending centre ids then -1
-            y, x = usual_y[start : start + chunk], usual_x[start : start + chunk]
-            local = _first_nearest(padded_y[index].T, padded_x[index].T, y, x)
-            nearest[usual[start : start + chunk]] = index.gather(1, local[:, None]).squeeze(1)
+            rows = tile[start : start + chunk]
+            # [n, C], a row per position (its tile's candidates): reductions run along memory
+            squared = tile_y.index_select(0, rows).sub_(usual_y[start : start + chunk, None])
+            squared.mul_(squared)
+            dx = tile_x.index_select(0, rows).sub_(usual_x[start : start + chunk, None])
+            squared.add_(dx.mul_(dx))
+            del dx
+            if dtype == torch.float64:
+                squared.sqrt_()
+                limit = squared.amin(dim=1, keepdim=True)
+            else:
+                limit = _largest_square_with_same_root(squared.amin(dim=1))[:, None]
+            # the first candidate within the limit: the lowest centre id (argmax keeps the first maximum)
+            local = (squared <= limit).to(torch.uint8).argmax(dim=1)
+            nearest[usual[start : start + chunk]] = candidates.view(-1)[rows * width_c + local]
     return nearest
 
 
@@ -195,33 +207,36 @@ def _first_nearest(center_y: Tensor, center_x: Tensor, predicted_y: Tensor, pred
     return nearest
 
 
-def _candidate_centers(center_y: Tensor, center_x: Tensor, predicted_y: Tensor, predicted_x: Tensor) -> tuple[Tensor, Tensor]:
+def _candidate_centers(
+    center_y: Tensor, center_x: Tensor, predicted_y: Tensor, predicted_x: Tensor, height: int, width: int
+) -> tuple[Tensor, Tensor]:
     """For tiles of predicted positions, the centres that can be nearest to a position in the tile.
 
-    Positions are binned by :data:`PRUNE_TILE`-pixel tiles of their predicted (y, x); each tile's
-    box is the bounding box of its positions. Every position of a box lies within
-    ``U = min_k (farthest distance from centre k to the box)`` of some centre, so a centre whose
-    nearest distance to the box exceeds U can never be the nearest, nor tie with it (the bound
-    is taken in float64 with a margin far above float32 rounding, so the candidate lists are
-    supersets of what is needed).
+    Positions are binned by :data:`PRUNE_TILE`-pixel tiles of their predicted (y, x) over the
+    image (positions beyond it go to a border tile); each tile's box is the bounding box of its
+    positions. Every position of a box lies within ``U = min_k (farthest distance from centre k
+    to the box)`` of some centre, so a centre whose nearest distance to the box exceeds U can never
+    be the nearest, nor tie with it (the bound is taken in float64 with a margin far above float32
+    rounding, so the candidate lists are supersets of what is needed).
 
     Returns:
         the candidate lists int64 [T, C] (ascending centre ids, padded with -1; C the longest
-        list) and each position's tile int64 [n] (a row of the lists).
+        list, rows of empty tiles all -1) and each position's tile int64 [n] (a row of the lists).
     """
     y, x = predicted_y.double(), predicted_x.double()
-    tile_y = torch.div(y, PRUNE_TILE, rounding_mode="floor").long()
-    tile_x = torch.div(x, PRUNE_TILE, rounding_mode="floor").long()
-    tile_y, tile_x = tile_y - tile_y.min(), tile_x - tile_x.min()
-    key = tile_y * (int(tile_x.max()) + 1) + tile_x
-    tiles, tile = torch.unique(key, return_inverse=True)
-    count = len(tiles)
+    rows, cols = -(-height // PRUNE_TILE) + 2, -(-width // PRUNE_TILE) + 2  # a border tile on each side
+    tile_y = (torch.div(y, PRUNE_TILE, rounding_mode="floor") + 1).clamp(0, rows - 1).long()
+    tile_x = (torch.div(x, PRUNE_TILE, rounding_mode="floor") + 1).clamp(0, cols - 1).long()
+    tile = tile_y * cols + tile_x
+    count = rows * cols
 
     def reduce(values: Tensor, how: str) -> Tensor:
         start = torch.full((count,), float("inf") if how == "amin" else float("-inf"), dtype=values.dtype, device=values.device)
         return start.scatter_reduce(0, tile, values, reduce=how)
 
     y0, y1, x0, x1 = reduce(y, "amin"), reduce(y, "amax"), reduce(x, "amin"), reduce(x, "amax")
+    occupied = (y0 <= y1)[:, None]
+    y0, y1, x0, x1 = (torch.where(occupied[:, 0], v, 0.0) for v in (y0, y1, x0, x1))
     cy, cx = center_y.double()[None, :], center_x.double()[None, :]  # [1, K]
     gap_y = torch.clamp(torch.maximum(y0[:, None] - cy, cy - y1[:, None]), min=0)  # [T, K]
     gap_x = torch.clamp(torch.maximum(x0[:, None] - cx, cx - x1[:, None]), min=0)
@@ -229,8 +244,8 @@ def _candidate_centers(center_y: Tensor, center_x: Tensor, predicted_y: Tensor, 
     reach_y = torch.maximum((cy - y0[:, None]).abs(), (cy - y1[:, None]).abs())
     reach_x = torch.maximum((cx - x0[:, None]).abs(), (cx - x1[:, None]).abs())
     bound = (reach_y.square() + reach_x.square()).amin(dim=1, keepdim=True)  # U**2 [T, 1]
-    possible = nearest_box <= bound * (1 + 1e-4) + 1e-2  # [T, K]
-    longest = int(possible.sum(dim=1).max())
+    possible = (nearest_box <= bound * (1 + 1e-4) + 1e-2) & occupied  # [T, K]
+    longest = max(1, int(possible.sum(dim=1).max()))
     ids = torch.arange(possible.shape[1], device=possible.device).expand_as(possible)
     # candidates first (ascending id), the rest after: sort by (not possible, id)
     order = torch.argsort((~possible).long() * possible.shape[1] + ids, dim=1)[:, :longest]
