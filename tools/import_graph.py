@@ -59,7 +59,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("data", ("panopticlab.data",)),
     ("evaluation", ("panopticlab.evaluation", "panopticlab.visualize")),
     ("models", ("panopticlab.models",)),
-    ("engine", ("panopticlab.engine",)),
+    ("engine", ("panopticlab.engine", "panopticlab.export")),
     ("commands", ("panopticlab.cli", "panopticlab.demo", "panopticlab.__main__", "panopticlab")),
 ]
 
