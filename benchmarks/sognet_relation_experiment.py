@@ -31,7 +31,7 @@ which the higher mask confidence is the front instance. Figures are means over s
 bootstrap interval over images (the seeds' counts summed per image), and paired intervals of
 ``sognet - upsnet_matched`` on the occluded-thing PQ_th.
 
-    python benchmarks/sognet_relation_experiment.py                     # the experiment (~1 h on 2 cores)
+    python benchmarks/sognet_relation_experiment.py                     # the experiment (about 100 min on 2 cores)
     python benchmarks/sognet_relation_experiment.py --quick             # a smoke run (a minute)
 
 Writes ``OUT/experiment.json`` (default OUT: outputs/sognet_relation) and prints a Markdown table.
