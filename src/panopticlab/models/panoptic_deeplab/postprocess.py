@@ -171,7 +171,7 @@ def _first_nearest(center_y: Tensor, center_x: Tensor, predicted_y: Tensor, pred
     """The first centre (row) nearest to each predicted position (column), with D2's ties.
 
     Args:
-        center_y, center_x: [K, 1] (the same centres for every position) or [K, n] (a list per position).
+        center_y, center_x: [K, 1], the centres.
         predicted_y, predicted_x: [n].
 
     Returns:
@@ -184,14 +184,11 @@ def _first_nearest(center_y: Tensor, center_x: Tensor, predicted_y: Tensor, pred
     nearest = torch.empty(predicted_y.shape, dtype=torch.int64, device=predicted_y.device)
     chunk_elements = GROUPING_CHUNK_ELEMENTS * (16 if predicted_y.is_cuda else 1)
     chunk = max(1, chunk_elements // num_centers)
-    shared = center_y.shape[1] == 1
     for start in range(0, predicted_y.numel(), chunk):
         stop = start + chunk
-        cy = center_y if shared else center_y[:, start:stop]
-        cx = center_x if shared else center_x[:, start:stop]
-        squared = cy - predicted_y[start:stop]  # [K, n], in place from here on
+        squared = center_y - predicted_y[start:stop]  # [K, n], in place from here on
         squared.mul_(squared)
-        dx = cx - predicted_x[start:stop]
+        dx = center_x - predicted_x[start:stop]
         squared.add_(dx.mul_(dx))
         del dx
         if dtype == torch.float64:
