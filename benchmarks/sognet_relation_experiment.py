@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -188,39 +189,50 @@ def test_arm(model, dataset: CocoPanopticDataset, relation_kind: str, merge: str
     return {key: np.asarray(value, dtype=np.float64) for key, value in rows.items()}
 
 
-def figures(per_image: dict[str, np.ndarray], things: list[int]) -> dict[str, float]:
-    """The arm's figures (percentages) from per-image arrays summed over images (and seeds)."""
+def statistics(things: list[int]) -> dict[str, tuple[str, Callable[[np.ndarray], float]]]:
+    """Each figure (a percentage): the per-image array it is computed from, and how (summed over images)."""
 
-    def ratio(pair: np.ndarray) -> float:
-        correct, total = pair.sum(0)
+    def pq(counts: np.ndarray) -> float:
+        return 100 * panoptic_quality(counts.sum(0), things)
+
+    def ratio(pairs: np.ndarray) -> float:
+        correct, total = pairs.sum(0)
         return 100 * correct / total if total else float("nan")
 
     return {
-        "PQ_th": 100 * panoptic_quality(per_image["all"].sum(0), things),
-        "PQ_th_occluded": 100 * panoptic_quality(per_image["occluded"].sum(0), things),
-        "front_pixels": ratio(per_image["front"]),
-        "direction": ratio(per_image["direction"]),
-        "score_front": ratio(per_image["score_front"]),
+        "PQ_th": ("all", pq),
+        "PQ_th_occluded": ("occluded", pq),
+        "front_pixels": ("front", ratio),
+        "direction": ("direction", ratio),
+        "score_front": ("score_front", ratio),
     }
+
+
+#: the figures given with a bootstrap interval
+WITH_INTERVALS = ("PQ_th", "PQ_th_occluded", "front_pixels")
+
+
+def figures(per_image: dict[str, np.ndarray], things: list[int]) -> dict[str, float]:
+    """The arm's figures from per-image arrays (the seeds' summed per image)."""
+    return {name: statistic(per_image[source]) for name, (source, statistic) in statistics(things).items()}
 
 
 def intervals(per_image: dict[str, np.ndarray], things: list[int], resamples: int) -> dict[str, list[float]]:
     """95 % bootstrap intervals over images of the headline figures."""
-    stats = {
-        "PQ_th": lambda a: 100 * panoptic_quality(a.sum(0), things),
-        "PQ_th_occluded": lambda a: 100 * panoptic_quality(a.sum(0), things),
-        "front_pixels": lambda a: 100 * a[:, 0].sum() / max(a[:, 1].sum(), 1),
+    table = statistics(things)
+    return {
+        name: list(bootstrap_interval(per_image[table[name][0]], table[name][1], resamples=resamples))
+        for name in WITH_INTERVALS
     }
-    source = {"PQ_th": "all", "PQ_th_occluded": "occluded", "front_pixels": "front"}
-    return {k: list(bootstrap_interval(per_image[source[k]], f, resamples=resamples)) for k, f in stats.items()}
 
 
 def paired_difference(a: dict[str, np.ndarray], b: dict[str, np.ndarray], things: list[int], resamples: int) -> dict[str, float]:
     """Occluded-thing PQ_th of arm a minus arm b, with a paired bootstrap interval (the same images resampled for both)."""
     stacked = np.stack([a["occluded"], b["occluded"]], axis=1)  # [images, 2, C, 4]
+    _, pq = statistics(things)["PQ_th_occluded"]
 
     def difference(x: np.ndarray) -> float:
-        return 100 * (panoptic_quality(x[:, 0].sum(0), things) - panoptic_quality(x[:, 1].sum(0), things))
+        return pq(x[:, 0]) - pq(x[:, 1])
 
     low, high = bootstrap_interval(stacked, difference, resamples=resamples)
     return {"difference": difference(stacked), "low": low, "high": high}
@@ -281,20 +293,19 @@ def main() -> None:
                     start = time.perf_counter()
                     per_arm.setdefault(arm, []).append(test_arm(model, dataset, relation_kind, merge, seed))
                     print(f"{condition} seed {seed} {arm}: {figures(per_arm[arm][-1], things)} ({time.perf_counter() - start:.0f} s)")
-        arms = {}
-        for arm, runs in per_arm.items():
-            pooled = _pooled(runs)
-            seeds = [figures(run, things) for run in runs]
-            arms[arm] = {
-                **figures(pooled, things),
-                "per_seed": seeds,
-                "interval95": intervals(pooled, things, args.resamples),
+        pooled = {arm: _pooled(runs) for arm, runs in per_arm.items()}
+        arms = {
+            arm: {
+                **figures(pooled[arm], things),
+                "per_seed": [figures(run, things) for run in runs],
+                "interval95": intervals(pooled[arm], things, args.resamples),
             }
+            for arm, runs in per_arm.items()
+        }
         comparison = {}
         for first, second in COMPARISONS:
             if len(per_arm.get(first, [])) == len(per_arm.get(second, [])) > 0:
-                a, b = (_pooled(per_arm[arm]) for arm in (first, second))
-                comparison[f"{first} - {second}"] = paired_difference(a, b, things, args.resamples)
+                comparison[f"{first} - {second}"] = paired_difference(pooled[first], pooled[second], things, args.resamples)
         report["conditions"][condition] = {
             "shapes": CONDITIONS[condition], "trainings": training_info, "arms": arms, "occluded_PQ_th_differences": comparison,
         }  # fmt: skip

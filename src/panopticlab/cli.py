@@ -270,8 +270,6 @@ def _run_export(args: argparse.Namespace) -> int:
 
     if args.format != "onnx":
         raise InputError(f"--format {args.format}: unsupported (onnx is; TorchScript export is not written yet)")
-    if args.output.exists() and not args.overwrite:
-        raise InputError(f"{args.output}: already exists (pass --overwrite to replace it)")
     model = load_model(args.config, args.weights)
     report = export_onnx(model, args.output, sample_size=tuple(args.size), overwrite=args.overwrite)
     worst = max(report.max_abs_difference.values())

@@ -97,7 +97,8 @@ def export_onnx(
     output = Path(output)
     if output.exists() and not overwrite:
         raise InputError(f"{output}: already exists (pass --overwrite to replace it)")
-    _require("onnx"), _require("onnxscript")
+    for package in ("onnx", "onnxscript"):  # the exporter imports them itself
+        _require(package)
     ort = _require("onnxruntime")
     height, width = sample_size
     if check_size is None:

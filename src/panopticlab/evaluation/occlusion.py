@@ -118,10 +118,9 @@ def front_pixels(amodal_masks: Tensor, visible_masks: Tensor, owner: Tensor) -> 
             f"masks [N, H, W] and owner [H, W] must agree, got {tuple(amodal_masks.shape)}, "
             f"{tuple(visible_masks.shape)}, {tuple(owner.shape)}"
         )
-    shared = amodal_masks.sum(0) >= 2
-    shown = (amodal_masks & visible_masks).any(0)
-    region = shared & shown
-    truth = (amodal_masks & visible_masks).to(torch.int64).argmax(0)
+    shown_on = amodal_masks & visible_masks
+    region = (amodal_masks.sum(0) >= 2) & shown_on.any(0)
+    truth = shown_on.to(torch.int64).argmax(0)
     total = int(region.sum())
     return int((region & (owner.to(truth.device) == truth)).sum()), total
 

@@ -288,6 +288,7 @@ def build_seed_backbone(name: str, *, output_stride: int = 16, out_features: Seq
     HRNet has fixed strides: ``output_stride`` applies to Xception-65 only."""
     if name == "xception65":
         return Xception65(output_stride=output_stride, out_features=out_features)
-    if name.startswith("hrnet_w") and name[len("hrnet_w") :].isdigit() and int(name[len("hrnet_w") :]) in HRNET_WIDTHS:
-        return HRNet(int(name[len("hrnet_w") :]), out_features=out_features)
+    widths = {f"hrnet_w{width}": width for width in HRNET_WIDTHS}
+    if name in widths:
+        return HRNet(widths[name], out_features=out_features)
     raise ValueError(f"unknown seed backbone {name!r}: expected xception65, hrnet_w18, hrnet_w32 or hrnet_w48")

@@ -34,7 +34,7 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.models.detection.roi_heads import RoIHeads, project_masks_on_boxes
+from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_loss
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops import boxes as box_ops
@@ -325,9 +325,8 @@ def pooled_region_features(
 
 
 def mask_head_loss(mask_logits: list[Tensor], boxes: list[Tensor], masks: list[Tensor]) -> Tensor:
-    """Mask R-CNN's mask loss on given boxes: binary cross-entropy of each box's logits against
-    its instance mask resampled into the box (torchvision's ``project_masks_on_boxes``), the
-    mean over every instance of the batch.
+    """Mask R-CNN's mask loss (torchvision's ``maskrcnn_loss``) on given boxes: each box's logits
+    against its own instance mask resampled into the box, the mean over every instance of the batch.
 
     Args:
         mask_logits: per image float [N_b, M, M], the logits of each instance's class
@@ -337,14 +336,10 @@ def mask_head_loss(mask_logits: list[Tensor], boxes: list[Tensor], masks: list[T
     Returns:
         float scalar (0, still connected, when there is no instance).
     """
-    logits = torch.cat(mask_logits)
-    if len(logits) == 0:
-        return logits.sum() * 0.0
-    size = logits.shape[-1]
-    targets = [
-        project_masks_on_boxes(m.float(), b, torch.arange(len(b), device=b.device), size) for m, b in zip(masks, boxes) if len(b)
-    ]
-    return F.binary_cross_entropy_with_logits(logits.float(), torch.cat(targets))
+    logits = torch.cat(mask_logits)[:, None].float()  # one channel: each box's own class, label 0
+    labels = [torch.zeros(len(b), dtype=torch.int64, device=b.device) for b in boxes]
+    matched = [torch.arange(len(b), device=b.device) for b in boxes]
+    return maskrcnn_loss(logits, boxes, [m.float() for m in masks], labels, matched)
 
 
 def detect(

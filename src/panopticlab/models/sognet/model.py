@@ -384,19 +384,20 @@ class SOGNet(PanopticModel):
             image = as_image_tensors(image)[0].to(self.device)
             height, width = image.shape[-2:]
             images, features, semantic = self._image_features(image)
-            input_h, input_w = images.image_sizes[0]
-            scale = torch.tensor([input_w / width, input_h / height] * 2, device=self.device)
             things = self.labels.thing_index(labels.to(self.device))
-            instances = self._instances(images, features, (height, width), boxes.to(self.device, torch.float32) * scale, things)
+            input_boxes = boxes.to(self.device, torch.float32) * _box_scale(images.image_sizes[0], (height, width), self.device)
+            instances = self._instances(images, features, (height, width), input_boxes, things)
             probabilities = torch.sigmoid(instances.masks)
             claimed = instances.masks > 0
             instances.scores = (probabilities * claimed).flatten(1).sum(1) / claimed.flatten(1).sum(1).clamp(min=1)
             module_relation = None
             if self.relation is not None:
+                # on all the instances once: the merge uses its rows and columns of the overlapping ones
                 module_relation = self._relation(things, instances.input_boxes, instances.appearance, (features, images.image_sizes[0]))
             instance, category, kept = self._merge(
-                instances, semantic, features, images.image_sizes[0], settings, drop_duplicates=False, relation=relation
-            )
+                instances, semantic, features, images.image_sizes[0], settings, drop_duplicates=False,
+                relation=module_relation if relation is None else relation,
+            )  # fmt: skip
             result = assemble_result(instance, category, instances.contiguous[kept], instances.scores[kept], self.categories)
             owner = torch.where(instance >= 0, kept[instance.clamp(min=0)], -1)
             return GivenMerge(result, owner.cpu(), instances.scores.cpu(), None if module_relation is None else module_relation.cpu())
@@ -416,10 +417,8 @@ class SOGNet(PanopticModel):
         """The mask head on N boxes (input pixels) of thing indices ``labels``: their logits pasted at
         the image's resolution ``image_size``."""
         mask_logits, appearance = mask_head_outputs(self.detector, features, [input_boxes], [labels + 1], images.image_sizes)
-        input_h, input_w = images.image_sizes[0]
         height, width = image_size
-        scale = torch.tensor([input_w / width, input_h / height] * 2, device=self.device)
-        boxes = input_boxes / scale
+        boxes = input_boxes / _box_scale(images.image_sizes[0], image_size, self.device)
         return Instances(
             boxes=boxes,
             input_boxes=input_boxes,
@@ -495,8 +494,7 @@ class SOGNet(PanopticModel):
             image = as_image_tensors(image)[0].to(self.device)
             height, width = image.shape[-2:]
             input_h, input_w = self.sizing.input_size(height, width)
-            scale = torch.tensor([input_w / width, input_h / height] * 2, device=self.device)
-            input_boxes = boxes.to(self.device, torch.float32) * scale
+            input_boxes = boxes.to(self.device, torch.float32) * _box_scale((input_h, input_w), (height, width), self.device)
             things = self.labels.thing_index(labels.to(self.device))
             if not (self.relation.appearance_channels or self.relation.pair_appearance_channels):
                 return self.relation(things, input_boxes).cpu()
@@ -590,6 +588,12 @@ class GivenMerge:
     owner: Tensor
     scores: Tensor
     relation: Tensor | None
+
+
+def _box_scale(input_size: tuple[int, int], image_size: tuple[int, int], device: torch.device) -> Tensor:
+    """float [4]: multiplies (x0, y0, x1, y1) in the image's pixels into the network input's."""
+    (input_h, input_w), (height, width) = input_size, image_size
+    return torch.tensor([input_w / width, input_h / height] * 2, device=device)
 
 
 def _visible_masks(targets: dict[str, Any]) -> Tensor:
