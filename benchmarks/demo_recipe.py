@@ -25,6 +25,7 @@ def main() -> None:
     parser.add_argument("--name", required=True)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--data", type=Path, default=Path("outputs") / "demo" / "data")
+    parser.add_argument("--train-images", type=int, default=400, help="training images (the demo's: 400)")
     parser.add_argument("--work", type=Path, default=Path("outputs") / "demo_recipe")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "demo" / "recipe.json")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
@@ -37,7 +38,7 @@ def main() -> None:
     from panopticlab.engine import test, train
     from panopticlab.engine.trainer import resolve_amp
 
-    ensure_split(args.data, "train", 400, DEMO_DATA, 0)
+    ensure_split(args.data, "train", args.train_images, DEMO_DATA, 0)
     ensure_split(args.data, "val", 100, DEMO_DATA, 1)
     run = args.work / args.name
     config = load_config(Config, DEMO_CONFIG, [f"data.root={args.data}", f"output_dir={run}", *args.overrides])
@@ -49,6 +50,7 @@ def main() -> None:
     row = {
         "name": args.name,
         "overrides": args.overrides,
+        "train_images": args.train_images,
         "budget_minutes": args.minutes,
         "train_minutes": round(minutes, 2),
         "iterations": trained["iteration"],
