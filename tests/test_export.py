@@ -94,7 +94,7 @@ def test_cli_export_refuses_bad_requests_with_one_line_and_no_file(exported, tmp
     sognet_weights = tmp_path / "sognet.safetensors"
     save_weights(build_model(from_dict(Config, {"model": SOGNET_TINY})).state_dict(), sognet_weights)
     cases = [
-        (["--config", str(config), "--weights", str(weights), "--format", "torchscript"], "unsupported"),
+        (["--config", str(config), "--weights", str(weights), "--format", "tensorrt"], "unsupported"),
         (["--config", str(config), "--weights", str(sognet_weights), "--format", "onnx"], "sognet.safetensors"),
         (["--config", str(sognet_config), "--weights", str(sognet_weights), "--format", "onnx"], "Panoptic-DeepLab only"),
     ]

@@ -120,13 +120,12 @@ def test_grouping_ties_after_rounding_the_distance():
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 64])
-def test_grouping_in_chunks_matches_the_reference(monkeypatch, chunk):
-    monkeypatch.setattr(postprocess, "GROUPING_CHUNK_ELEMENTS", chunk * 7)
+def test_grouping_in_chunks_matches_the_reference(chunk):
     g = torch.Generator().manual_seed(chunk)
     centers = torch.stack((torch.randint(20, (7,), generator=g), torch.randint(30, (7,), generator=g)), 1)
     offsets = torch.randn(2, 20, 30, generator=g) * 8
     expected = group_pixels_reference(centers, offsets).flatten() - 1
-    assert torch.equal(nearest_centers(centers, offsets, torch.arange(600)), expected)
+    assert torch.equal(nearest_centers(centers, offsets, torch.arange(600), chunk_elements=chunk * 7), expected)
 
 
 def test_non_finite_offsets_go_to_the_first_centre_like_d2():
@@ -160,6 +159,7 @@ def test_grouping_with_candidate_tiles_equals_the_reference(seed):
         centers[:, 0].float()[:, None], centers[:, 1].float()[:, None],
         (torch.arange(height * width) // width).float() + offsets[0].flatten().float(),
         (torch.arange(height * width) % width).float() + offsets[1].flatten().float(),
+        postprocess.GROUPING_CHUNK_ELEMENTS,
     )  # fmt: skip
     assert torch.equal(dense, expected)
 

@@ -250,31 +250,37 @@ def _run_convert(args: argparse.Namespace) -> int:
 def _add_export(subparsers) -> None:
     p = subparsers.add_parser(
         "export",
-        help="export a Panoptic-DeepLab network to ONNX (checked against PyTorch with onnxruntime)",
-        description="Export the network of a Panoptic-DeepLab config and its weights to ONNX, with dynamic "
-        "batch, height and width; the file is checked against the eager network with onnxruntime and "
-        "written only if it reproduces it. `panopticlab predict --onnx FILE` runs it with panopticlab's "
-        "post-processing.",
+        help="export Panoptic-DeepLab to ONNX (the network) or TorchScript (network + post-processing)",
+        description="Export a Panoptic-DeepLab config and its weights. onnx: the network, with dynamic batch, "
+        "height and width, checked against the eager network with onnxruntime; `panopticlab predict --onnx FILE` "
+        "runs it with panopticlab's post-processing. torchscript: one file mapping an image [3, H, W] to the "
+        "panoptic id map and its segment table (test-time augmentation and post-processing included), checked "
+        "against predict. A file is written only if it passes its check.",
     )
     p.add_argument("--config", required=True, type=Path, help="the model's YAML config")
     p.add_argument("--weights", required=True, type=Path, help="a .safetensors file")
-    p.add_argument("--format", required=True, help="onnx (torchscript is not supported yet)")
-    p.add_argument("--output", required=True, type=Path, help="the file to write, e.g. model.onnx")
+    p.add_argument("--format", required=True, help="onnx or torchscript")
+    p.add_argument("--output", required=True, type=Path, help="the file to write, e.g. model.onnx or model.pt")
     p.add_argument("--size", type=int, nargs=2, default=(512, 1024), metavar=("HEIGHT", "WIDTH"), help="the example's size")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from panopticlab.export import export_onnx
+    from panopticlab.export import export_onnx, export_torchscript
     from panopticlab.models import load_model
 
-    if args.format != "onnx":
-        raise InputError(f"--format {args.format}: unsupported (onnx is; TorchScript export is not written yet)")
+    if args.format not in ("onnx", "torchscript"):
+        raise InputError(f"--format {args.format}: unsupported (onnx or torchscript)")
     model = load_model(args.config, args.weights)
+    sizes = lambda report: " and ".join(f"{h}x{w}" for h, w in report.checked_sizes)  # noqa: E731
+    if args.format == "torchscript":
+        report = export_torchscript(model, args.output, sample_size=tuple(args.size), overwrite=args.overwrite)
+        print(f"wrote {report.path}: {report.size_bytes / 2**20:.1f} MiB, equal to predict at {sizes(report)}")
+        return 0
     report = export_onnx(model, args.output, sample_size=tuple(args.size), overwrite=args.overwrite)
     worst = max(report.max_abs_difference.values())
     print(f"wrote {report.path}: {report.size_bytes / 2**20:.1f} MiB, opset {report.opset}, checked with onnxruntime "
-          f"at {' and '.join(f'{h}x{w}' for h, w in report.checked_sizes)} (largest relative difference {worst:.1e})")  # fmt: skip
+          f"at {sizes(report)} (largest relative difference {worst:.1e})")  # fmt: skip
     return 0
 
 

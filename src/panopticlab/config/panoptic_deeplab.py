@@ -96,8 +96,10 @@ class PanopticDeepLabConfig(Section):
         seed = ("seed:xception65", "seed:hrnet_w18", "seed:hrnet_w32", "seed:hrnet_w48")
         if not (b in ("r52_dc5", "resnet50", "resnet101", *seed) or (b.startswith("timm:") and len(b) > 5)):
             found.append(("backbone", f"must be r52_dc5, resnet50, resnet101, timm:<model name> or one of {', '.join(seed)}"))
-        if self.output_stride not in (16, 32):
-            found.append(("output_stride", "must be 16 or 32"))
+        if self.output_stride not in (8, 16, 32):
+            found.append(("output_stride", "must be 8, 16 or 32"))
+        elif self.output_stride == 8 and not b.startswith("timm:"):
+            found.append(("output_stride", "of 8 needs a timm backbone"))
         levels = ("res2", "res3", "res4")
         if self.aspp_feature in self.low_level_features:
             found.append(("low_level_features", f"cannot hold the ASPP's feature {self.aspp_feature}"))

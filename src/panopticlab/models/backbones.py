@@ -169,7 +169,7 @@ class TimmBackbone(nn.Module):
 
     Args:
         model_name: a timm model name, e.g. ``"xception65"``.
-        output_stride: passed to timm (16 dilates the last stage of models that support it).
+        output_stride: passed to timm (16 dilates the last stage of models that support it, 8 the last two).
         out_features: names among res2..res5.
         timm_kwargs: more ``timm.create_model`` arguments (e.g. ``feature_location="expansion"``
             for DeepLab2's MobileNetV3 endpoints).
@@ -191,10 +191,14 @@ class TimmBackbone(nn.Module):
         kwargs = {"output_stride": output_stride} if output_stride != 32 else {}
         self.body = timm.create_model(model_name, pretrained=False, features_only=True, **kwargs, **timm_kwargs)
         channels, strides = self.body.feature_info.channels(), self.body.feature_info.reduction()
+        # A level is named by its stride (res2 = 4 ... res5 = 32) until dilation repeats a stride (output
+        # stride 16 or 8); then each later level is the next name. The last level is res5 either way.
         index = {"res5": len(strides) - 1}
+        level = 0
         for i, stride in enumerate(strides[:-1]):
-            if stride in (4, 8, 16):
-                index[f"res{stride.bit_length() - 1}"] = i
+            level = stride.bit_length() - 1 if i == 0 or stride > strides[i - 1] else level + 1
+            if 2 <= level <= 4:
+                index[f"res{level}"] = i
         missing = [name for name in out_features if name not in index]
         if missing:
             raise ValueError(f"timm model {model_name!r} has no feature for {missing} (feature strides {strides})")

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from panopticlab.config.panoptic_deeplab import PanopticDeepLabConfig
 from panopticlab.config.loading import check_section
@@ -30,6 +29,7 @@ from panopticlab.models.panoptic_deeplab.losses import OffsetNormalizer, panopti
 from panopticlab.models.panoptic_deeplab.network import PanopticDeepLabNetwork, build_panoptic_deeplab
 from panopticlab.models.panoptic_deeplab.postprocess import ClassVote, panoptic_deeplab_inference
 from panopticlab.models.panoptic_deeplab.targets import AddTargets, PanopticDeepLabTargetGenerator, collate_targets
+from panopticlab.models.panoptic_deeplab.tta import tta_average, tta_input, tta_passes
 from panopticlab.structures import PanopticResult
 
 
@@ -155,35 +155,16 @@ class PanopticDeepLab(PanopticModel):
         return results
 
     def _heads_with_tta(self, image: torch.Tensor, scales: Sequence[float], flip: bool) -> dict[str, torch.Tensor]:
-        """Head outputs for [B, 3, H, W], averaged over scales (and flips) at the input size.
-
-        Semantic probabilities, centre heatmaps and offsets are averaged; offsets are divided
-        by their scale, and the x offset of a flipped pass changes sign. ``sem_seg`` is
-        returned as log-probabilities (argmax and softmax are those of the average).
-        """
+        """Head outputs for [B, 3, H, W], averaged over scales (and flips) at the input size (see ``tta.py``)."""
         if tuple(scales) == (1.0,) and not flip:
             return self.forward_heads(image.float())
-        h, w = image.shape[-2:]
-
-        def back(t: torch.Tensor) -> torch.Tensor:
-            return F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)
-
-        probs = centers = offsets = 0.0
-        passes = 0
-        for scale in scales:
-            size = (max(1, round(h * scale)), max(1, round(w * scale)))
-            scaled = F.interpolate(image.float(), size=size, mode="bilinear", align_corners=False)
-            for flipped in (False, True) if flip else (False,):
-                out = self.forward_heads(scaled.flip(-1) if flipped else scaled)
-                sem, center, offset = out["sem_seg"].softmax(1), out["center"], out["offset"]
-                if flipped:
-                    sem, center, offset = sem.flip(-1), center.flip(-1), offset.flip(-1)
-                    offset = offset * torch.tensor([1.0, -1.0], device=offset.device).view(1, 2, 1, 1)
-                probs = probs + back(sem)
-                centers = centers + back(center)
-                offsets = offsets + back(offset) / scale
-                passes += 1
-        return {"sem_seg": (probs / passes).clamp_min(1e-12).log(), "center": centers / passes, "offset": offsets / passes}
+        passes = tta_passes([float(s) for s in scales], flip)
+        outputs = []
+        for scale, flipped in passes:
+            out = self.forward_heads(tta_input(image.float(), scale, flipped))
+            outputs.append((out["sem_seg"], out["center"], out["offset"]))
+        sem_seg, center, offset = tta_average(outputs, passes, image.shape[-2], image.shape[-1])
+        return {"sem_seg": sem_seg, "center": center, "offset": offset}
 
 
 def _same_size_runs(images: Sequence[torch.Tensor]) -> list[list[torch.Tensor]]:

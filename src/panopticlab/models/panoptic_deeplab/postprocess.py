@@ -31,8 +31,7 @@ with segments listed and D2's instance scores.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +46,10 @@ ClassVote = Literal["majority", "mean_probability"]
 #: Distances computed at once while grouping (centres x pixels): bounds the extra memory
 #: (about 10 bytes each). On a GPU, 16 times more: fewer kernel launches, memory is plenty.
 GROUPING_CHUNK_ELEMENTS = 1 << 21
+#: from this many centres on, pixels are compared with the candidate centres of their tile only
+PRUNE_MIN_CENTERS = 24
+#: side of the square tiles (pixels of predicted position) that share a candidate list
+PRUNE_TILE = 32
 
 
 def find_instance_centers(
@@ -97,7 +100,13 @@ def _window_max(x: Tensor, size: int, dim: int) -> Tensor:
     return torch.maximum(running.narrow(dim, 0, n), running.narrow(dim, size - span, n))
 
 
-def nearest_centers(centers: Tensor, offsets: Tensor, pixels: Tensor) -> Tensor:
+def nearest_centers(
+    centers: Tensor,
+    offsets: Tensor,
+    pixels: Tensor,
+    chunk_elements: int = GROUPING_CHUNK_ELEMENTS,
+    prune_min_centers: int = PRUNE_MIN_CENTERS,
+) -> Tensor:
     """Index of the centre nearest to each pixel's predicted centre, exactly as D2 picks it.
 
     D2 takes ``argmin_k norm(center_k - predicted)`` (first index on ties). On CPU torch
@@ -108,8 +117,9 @@ def nearest_centers(centers: Tensor, offsets: Tensor, pixels: Tensor) -> Tensor:
     rounded root equals that of ``m``, and returns the first centre with squared distance
     <= ``s_max``. (float64 offsets compare ``sqrt`` of the squared distances instead.)
 
-    With many centres (at least :data:`PRUNE_MIN_CENTERS`) each pixel is compared only with the
+    With many centres (at least ``prune_min_centers``) each pixel is compared only with the
     centres that can be nearest to it (:func:`_candidate_centers`); the result is the same.
+    Distances are computed ``chunk_elements`` at a time (16 times more on a GPU).
 
     Args:
         centers: int64 [K, 2] (y, x), K >= 1.
@@ -124,14 +134,16 @@ def nearest_centers(centers: Tensor, offsets: Tensor, pixels: Tensor) -> Tensor:
     predicted_y = (pixels // width).to(dtype) + offsets[0].flatten()[pixels]
     predicted_x = (pixels % width).to(dtype) + offsets[1].flatten()[pixels]
     center_y, center_x = centers[:, 0].to(dtype), centers[:, 1].to(dtype)
-    if centers.shape[0] < PRUNE_MIN_CENTERS:
-        return _first_nearest(center_y[:, None], center_x[:, None], predicted_y, predicted_x)
+    if centers.shape[0] < prune_min_centers:
+        return _first_nearest(center_y[:, None], center_x[:, None], predicted_y, predicted_x, chunk_elements)
     nearest = torch.zeros_like(pixels)
     # Far-off or non-finite predictions (their squares may overflow) go through all centres.
     ordinary = (predicted_y.abs() < 1e6) & (predicted_x.abs() < 1e6)
     unusual = torch.nonzero(~ordinary).squeeze(1)
     if unusual.numel():
-        nearest[unusual] = _first_nearest(center_y[:, None], center_x[:, None], predicted_y[unusual], predicted_x[unusual])
+        nearest[unusual] = _first_nearest(
+            center_y[:, None], center_x[:, None], predicted_y[unusual], predicted_x[unusual], chunk_elements
+        )
     usual = torch.nonzero(ordinary).squeeze(1)
     if usual.numel():
         height = offsets.shape[1]
@@ -141,15 +153,12 @@ def nearest_centers(centers: Tensor, offsets: Tensor, pixels: Tensor) -> Tensor:
         tile_y, tile_x = torch.cat([center_y, far])[candidates], torch.cat([center_x, far])[candidates]  # [T, C]
         usual_y, usual_x = predicted_y[usual], predicted_x[usual]
         width_c = candidates.shape[1]
-        chunk = max(1, GROUPING_CHUNK_ELEMENTS * (16 if pixels.is_cuda else 1) // width_c)
+        chunk = max(1, chunk_elements * (16 if pixels.is_cuda else 1) // width_c)
         for start in range(0, usual.numel(), chunk):
             rows = tile[start : start + chunk]
             # [n, C], a row per position (its tile's candidates): reductions run along memory
-            squared = tile_y.index_select(0, rows).sub_(usual_y[start : start + chunk, None])
-            squared.mul_(squared)
-            dx = tile_x.index_select(0, rows).sub_(usual_x[start : start + chunk, None])
-            squared.add_(dx.mul_(dx))
-            del dx
+            squared = _squared_difference(tile_y.index_select(0, rows), usual_y[start : start + chunk, None])
+            squared.add_(_squared_difference(tile_x.index_select(0, rows), usual_x[start : start + chunk, None]))
             if dtype == torch.float64:
                 squared.sqrt_()
                 limit = squared.amin(dim=1, keepdim=True)
@@ -161,13 +170,9 @@ def nearest_centers(centers: Tensor, offsets: Tensor, pixels: Tensor) -> Tensor:
     return nearest
 
 
-#: from this many centres on, pixels are compared with the candidate centres of their tile only
-PRUNE_MIN_CENTERS = 24
-#: side of the square tiles (pixels of predicted position) that share a candidate list
-PRUNE_TILE = 32
-
-
-def _first_nearest(center_y: Tensor, center_x: Tensor, predicted_y: Tensor, predicted_x: Tensor) -> Tensor:
+def _first_nearest(
+    center_y: Tensor, center_x: Tensor, predicted_y: Tensor, predicted_x: Tensor, chunk_elements: int
+) -> Tensor:
     """The first centre (row) nearest to each predicted position (column), with D2's ties.
 
     Args:
@@ -182,15 +187,11 @@ def _first_nearest(center_y: Tensor, center_x: Tensor, predicted_y: Tensor, pred
     # K, K-1, ..., 1 (exact in float32 up to 2**24 centres).
     reversed_index = torch.arange(num_centers, 0, -1, dtype=dtype, device=predicted_y.device).unsqueeze(1)
     nearest = torch.empty(predicted_y.shape, dtype=torch.int64, device=predicted_y.device)
-    chunk_elements = GROUPING_CHUNK_ELEMENTS * (16 if predicted_y.is_cuda else 1)
-    chunk = max(1, chunk_elements // num_centers)
+    chunk = max(1, chunk_elements * (16 if predicted_y.is_cuda else 1) // num_centers)
     for start in range(0, predicted_y.numel(), chunk):
         stop = start + chunk
-        squared = center_y - predicted_y[start:stop]  # [K, n], in place from here on
-        squared.mul_(squared)
-        dx = center_x - predicted_x[start:stop]
-        squared.add_(dx.mul_(dx))
-        del dx
+        squared = _squared_difference(center_y, predicted_y[start:stop])  # [K, n], in place from here on
+        squared.add_(_squared_difference(center_x, predicted_x[start:stop]))
         if dtype == torch.float64:
             # No wider type to round the root in: compare the rounded roots themselves.
             squared.sqrt_()
@@ -204,12 +205,24 @@ def _first_nearest(center_y: Tensor, center_x: Tensor, predicted_y: Tensor, pred
     return nearest
 
 
+def _squared_difference(a: Tensor, b: Tensor) -> Tensor:
+    """(a - b) * (a - b), broadcast, in one new tensor (freed by the caller's next in-place step)."""
+    difference = a - b
+    return difference.mul_(difference)
+
+
 def _candidate_centers(
-    center_y: Tensor, center_x: Tensor, predicted_y: Tensor, predicted_x: Tensor, height: int, width: int
+    center_y: Tensor,
+    center_x: Tensor,
+    predicted_y: Tensor,
+    predicted_x: Tensor,
+    height: int,
+    width: int,
+    tile_size: int = PRUNE_TILE,
 ) -> tuple[Tensor, Tensor]:
     """For tiles of predicted positions, the centres that can be nearest to a position in the tile.
 
-    Positions are binned by :data:`PRUNE_TILE`-pixel tiles of their predicted (y, x) over the
+    Positions are binned by ``tile_size``-pixel tiles of their predicted (y, x) over the
     image (positions beyond it go to a border tile); each tile's box is the bounding box of its
     positions. Every position of a box lies within ``U = min_k (farthest distance from centre k
     to the box)`` of some centre, so a centre whose nearest distance to the box exceeds U can never
@@ -221,19 +234,19 @@ def _candidate_centers(
         list, rows of empty tiles all -1) and each position's tile int64 [n] (a row of the lists).
     """
     y, x = predicted_y.double(), predicted_x.double()
-    rows, cols = -(-height // PRUNE_TILE) + 2, -(-width // PRUNE_TILE) + 2  # a border tile on each side
-    tile_y = (torch.div(y, PRUNE_TILE, rounding_mode="floor") + 1).clamp(0, rows - 1).long()
-    tile_x = (torch.div(x, PRUNE_TILE, rounding_mode="floor") + 1).clamp(0, cols - 1).long()
+    rows, cols = -(-height // tile_size) + 2, -(-width // tile_size) + 2  # a border tile on each side
+    tile_y = (torch.div(y, tile_size, rounding_mode="floor") + 1).clamp(0, rows - 1).long()
+    tile_x = (torch.div(x, tile_size, rounding_mode="floor") + 1).clamp(0, cols - 1).long()
     tile = tile_y * cols + tile_x
     count = rows * cols
 
-    def reduce(values: Tensor, how: str) -> Tensor:
-        start = torch.full((count,), float("inf") if how == "amin" else float("-inf"), dtype=values.dtype, device=values.device)
-        return start.scatter_reduce(0, tile, values, reduce=how)
-
-    y0, y1, x0, x1 = reduce(y, "amin"), reduce(y, "amax"), reduce(x, "amin"), reduce(x, "amax")
+    low = torch.full((count,), float("inf"), dtype=y.dtype, device=y.device)
+    high = torch.full((count,), float("-inf"), dtype=y.dtype, device=y.device)
+    y0, x0 = low.scatter_reduce(0, tile, y, "amin"), low.scatter_reduce(0, tile, x, "amin")
+    y1, x1 = high.scatter_reduce(0, tile, y, "amax"), high.scatter_reduce(0, tile, x, "amax")
     occupied = (y0 <= y1)[:, None]
-    y0, y1, x0, x1 = (torch.where(occupied[:, 0], v, 0.0) for v in (y0, y1, x0, x1))
+    y0, y1 = torch.where(occupied[:, 0], y0, 0.0), torch.where(occupied[:, 0], y1, 0.0)
+    x0, x1 = torch.where(occupied[:, 0], x0, 0.0), torch.where(occupied[:, 0], x1, 0.0)
     cy, cx = center_y.double()[None, :], center_x.double()[None, :]  # [1, K]
     gap_y = torch.clamp(torch.maximum(y0[:, None] - cy, cy - y1[:, None]), min=0)  # [T, K]
     gap_x = torch.clamp(torch.maximum(x0[:, None] - cx, cx - x1[:, None]), min=0)
@@ -266,8 +279,7 @@ def _largest_square_with_same_root(smallest: Tensor) -> Tensor:
     return torch.where(limit.double() >= bound, torch.nextafter(limit, torch.full_like(limit, float("-inf"))), limit)
 
 
-@dataclass
-class _Assignment:
+class _Assignment(NamedTuple):
     """Everything the two output formats are built from (one image).
 
     ``pixels`` are the flat indices of the grouped (foreground) pixels and ``instance`` their
@@ -289,32 +301,37 @@ def _assign(
     center_heatmap: Tensor,
     offsets: Tensor,
     foreground: Tensor | None,
-    thing_ids: Iterable[int],
+    thing_ids: list[int],
     stuff_area: int,
     threshold: float,
     nms_kernel: int,
     top_k: int | None,
     vote_logits: Tensor | None = None,
+    chunk_elements: int = GROUPING_CHUNK_ELEMENTS,
 ) -> _Assignment:
     """Centres, grouping, class vote and stuff areas for one image (shapes [H, W], [2, H, W]).
 
     ``vote_logits`` (float [C, H*W]): vote each instance's class by mean softmax probability
     over its pixels (among the thing classes) instead of detectron2's majority of argmaxes.
+    Written in TorchScript's subset of Python (see :mod:`panopticlab.export`).
     """
     device = sem_seg.device
     flat_sem = sem_seg.flatten().long()
-    lowest, highest = torch.aminmax(flat_sem) if flat_sem.numel() else (0, 0)
-    if lowest < 0:
-        raise InputError("semantic labels must be non-negative class ids")
-    num_classes = int(highest) + 1 if vote_logits is None else max(int(highest) + 1, vote_logits.shape[0])
+    num_classes = 1
+    if flat_sem.numel() > 0:
+        if int(flat_sem.min()) < 0:
+            raise InputError("semantic labels must be non-negative class ids")
+        num_classes = int(flat_sem.max()) + 1
+    if vote_logits is not None:
+        num_classes = max(num_classes, vote_logits.shape[0])
     is_thing_class = torch.zeros(num_classes, dtype=torch.bool, device=device)
-    thing_ids = torch.tensor([int(t) for t in thing_ids], dtype=torch.long)
-    thing_ids = thing_ids[(thing_ids >= 0) & (thing_ids < num_classes)]
-    is_thing_class[thing_ids.to(device)] = True
+    thing_tensor = torch.tensor(thing_ids, dtype=torch.long)
+    thing_tensor = thing_tensor[(thing_tensor >= 0) & (thing_tensor < num_classes)]
+    is_thing_class[thing_tensor.to(device)] = True
     if foreground is None:
-        foreground = is_thing_class[flat_sem]
+        is_foreground = is_thing_class[flat_sem]
     else:
-        foreground = foreground.flatten() > 0
+        is_foreground = foreground.flatten() > 0
 
     centers = find_instance_centers(center_heatmap, threshold, nms_kernel, top_k)
     num_centers = centers.shape[0]
@@ -324,8 +341,10 @@ def _assign(
         # D2: without centres nothing is grouped, foreground pixels included.
         pixels = torch.zeros(0, dtype=torch.long, device=device)
     else:
-        pixels = torch.nonzero(foreground).squeeze(1)
-    instance = nearest_centers(centers, offsets, pixels) + 1 if pixels.numel() else pixels
+        pixels = torch.nonzero(is_foreground).squeeze(1)
+    instance = pixels
+    if pixels.numel() > 0:
+        instance = nearest_centers(centers, offsets, pixels, chunk_elements) + 1
 
     # Majority vote for all instances at once: votes[k, c] = pixels of class c in instance k.
     votes = torch.bincount(instance * num_classes + flat_sem[pixels], minlength=(num_centers + 1) * num_classes)
@@ -335,7 +354,7 @@ def _assign(
         # argmax returns the first maximum: ties go to the smallest class id, as torch.mode does.
         voted = votes.argmax(dim=1)
     else:
-        voted = _mean_probability_vote(vote_logits, pixels, instance, num_centers + 1, is_thing_class)
+        voted = _mean_probability_vote(vote_logits, pixels, instance, num_centers + 1, is_thing_class, chunk_elements)
     instance_class = torch.where(has_pixels, voted, -1)
     # Per-class number 1, 2, ... in instance-id order.
     one_hot = F.one_hot(instance_class.clamp(min=0), num_classes) * has_pixels.unsqueeze(1)
@@ -348,14 +367,19 @@ def _assign(
 
 
 def _mean_probability_vote(
-    flat_logits: Tensor, pixels: Tensor, instance: Tensor, num_instances: int, is_thing_class: Tensor
+    flat_logits: Tensor,
+    pixels: Tensor,
+    instance: Tensor,
+    num_instances: int,
+    is_thing_class: Tensor,
+    chunk_elements: int,
 ) -> Tensor:
     """Per instance id (0..num_instances-1), the thing class of the highest softmax probability
     summed over its ``pixels`` (ids ``instance``); int64 [num_instances]. Softmax in chunks of
     pixels, sums in float64."""
     num_classes = flat_logits.shape[0]
     totals = torch.zeros(num_instances, num_classes, dtype=torch.float64, device=flat_logits.device)
-    chunk = max(1, GROUPING_CHUNK_ELEMENTS // num_classes)
+    chunk = max(1, chunk_elements // num_classes)
     for start in range(0, pixels.numel(), chunk):
         probability = torch.softmax(flat_logits[:, pixels[start : start + chunk]].float(), dim=0)
         totals.index_add_(0, instance[start : start + chunk], probability.T.double())
@@ -372,6 +396,10 @@ def _check_image(sem_seg: Tensor, center_heatmap: Tensor, offsets: Tensor, nms_k
         raise InputError(f"center heatmap must be [1, H, W] = [1, {size[0]}, {size[1]}], got {tuple(center_heatmap.shape)}")
     if tuple(offsets.shape) != (2, *size):
         raise InputError(f"offsets must be [2, H, W] = [2, {size[0]}, {size[1]}], got {tuple(offsets.shape)}")
+    _check_settings(nms_kernel, top_k)
+
+
+def _check_settings(nms_kernel: int, top_k: int | None) -> None:
     if nms_kernel < 1 or nms_kernel % 2 == 0:
         raise InputError(f"nms_kernel must be an odd positive integer, got {nms_kernel}")
     if top_k is not None and top_k < 1:
@@ -415,7 +443,8 @@ def get_panoptic_segmentation(
         raise InputError(f"foreground_mask must be {tuple(sem_seg.shape)} like sem_seg, got {tuple(foreground_mask.shape)}")
     _check_image(sem_seg[0], center_heatmap[0], offsets, nms_kernel, top_k)
     foreground = None if foreground_mask is None else foreground_mask[0]
-    a = _assign(sem_seg[0], center_heatmap[0], offsets, foreground, thing_ids, stuff_area, threshold, nms_kernel, top_k)
+    thing_list = [int(t) for t in thing_ids]
+    a = _assign(sem_seg[0], center_heatmap[0], offsets, foreground, thing_list, stuff_area, threshold, nms_kernel, top_k)
 
     class_ids = torch.arange(a.stuff_classes.numel(), device=sem_seg.device)
     stuff_label = torch.where(a.stuff_classes, class_ids * label_divisor, void_label)
@@ -474,29 +503,67 @@ def panoptic_deeplab_inference(
         raise InputError(f"class_vote must be 'majority' or 'mean_probability', got {class_vote!r}")
     if category_ids is not None and len(category_ids) != num_classes:
         raise InputError(f"category_ids must list {num_classes} dataset ids (one per class), got {len(category_ids)}")
-    thing_ids = list(thing_ids)  # read once per image
+    _check_settings(nms_kernel, top_k)
+    thing_ids = [int(t) for t in thing_ids]  # read once for all images
     results = []
     for logits, heatmap, offset in zip(sem_logits, center_heatmap, offsets, strict=True):
-        sem_seg = logits.argmax(dim=0)
-        _check_image(sem_seg, heatmap[0], offset, nms_kernel, top_k)
-        vote_logits = logits.flatten(1) if class_vote == "mean_probability" else None
-        a = _assign(sem_seg, heatmap[0], offset, None, thing_ids, stuff_area, threshold, nms_kernel, top_k, vote_logits)
-        results.append(_to_result(a, sem_seg, logits, heatmap[0], category_ids))
+        table = image_segment_table(
+            logits, heatmap[0], offset, thing_ids, stuff_area, threshold, nms_kernel, top_k, class_vote == "mean_probability"
+        )
+        results.append(_to_result(table, category_ids))
     return results
 
 
-def _to_result(
-    a: _Assignment,
-    sem_seg: Tensor,
+def image_segment_table(
     logits: Tensor,
-    heatmap: Tensor,
-    category_ids: Sequence[int] | None,
-) -> PanopticResult:
-    """Segment-id map, segment statistics and instance scores of one image.
+    center_heatmap: Tensor,
+    offsets: Tensor,
+    thing_ids: list[int],
+    stuff_area: int,
+    threshold: float,
+    nms_kernel: int,
+    top_k: int | None,
+    mean_probability_vote: bool,
+) -> SegmentTable:
+    """One image's post-processing (:func:`panoptic_deeplab_inference`'s) as a :class:`SegmentTable`.
+
+    Args:
+        logits: float [C, H, W] semantic logits; center_heatmap float [H, W]; offsets float [2, H, W].
+        mean_probability_vote: the ``"mean_probability"`` class vote instead of the majority.
+
+    TorchScript-compatible: the TorchScript export calls it as is.
+    """
+    sem_seg = logits.argmax(dim=0)
+    vote_logits: Tensor | None = None
+    if mean_probability_vote:
+        vote_logits = logits.flatten(1)
+    a = _assign(sem_seg, center_heatmap, offsets, None, thing_ids, stuff_area, threshold, nms_kernel, top_k, vote_logits)
+    return segment_table(a, sem_seg, logits, center_heatmap)
+
+
+class SegmentTable(NamedTuple):
+    """One image's panoptic segmentation as tensors (what the TorchScript export returns, too).
+
+    ``id_map`` int64 [H, W] holds segment ids 1..S (0: VOID); row ``s`` of ``stats`` int64
+    [S + 1, 6] is segment s's (contiguous class, area, x, y, w, h) with its COCO bbox, and
+    ``score`` float64 [S + 1] its instance score (row 0 unused); segments 1..``num_instances``
+    are the things.
+    """
+
+    id_map: Tensor
+    stats: Tensor
+    score: Tensor
+    num_instances: int
+
+
+def segment_table(
+    a: _Assignment, sem_seg: Tensor, logits: Tensor, heatmap: Tensor, chunk_elements: int = GROUPING_CHUNK_ELEMENTS
+) -> SegmentTable:
+    """Segment-id map, segment statistics and instance scores of one image (TorchScript-compatible).
 
     Instances are voted among thing-class pixels only, so every instance is a thing segment.
     """
-    height, width = sem_seg.shape
+    height, width = sem_seg.shape[0], sem_seg.shape[1]
     device = sem_seg.device
     # Segment ids: instances with pixels first (in id order), then kept stuff classes.
     instance_has_pixels = a.instance_class >= 0
@@ -512,17 +579,17 @@ def _to_result(
     area = torch.bincount(id_map, minlength=num_segments + 1)
     ys = torch.arange(height, device=device).repeat_interleave(width)
     xs = torch.arange(width, device=device).repeat(height)
-    box = []
-    for coord, reduce in ((xs, "amin"), (ys, "amin"), (xs, "amax"), (ys, "amax")):
-        init = torch.full((num_segments + 1,), 0, dtype=torch.long, device=device)
-        box.append(init.scatter_reduce(0, id_map, coord, reduce, include_self=False))
-    x0, y0, x1, y1 = box
+    init = torch.zeros(num_segments + 1, dtype=torch.long, device=device)
+    x0 = init.scatter_reduce(0, id_map, xs, "amin", include_self=False)
+    y0 = init.scatter_reduce(0, id_map, ys, "amin", include_self=False)
+    x1 = init.scatter_reduce(0, id_map, xs, "amax", include_self=False)
+    y1 = init.scatter_reduce(0, id_map, ys, "amax", include_self=False)
 
     # Scores of thing segments: mean probability of the instance's class over the mask ...
     segment_class = torch.full((num_segments + 1,), -1, dtype=torch.long, device=device)
     segment_class[segment_of_instance[instance_has_pixels]] = a.instance_class[instance_has_pixels]
     segment_class[segment_of_class[a.stuff_classes]] = torch.nonzero(a.stuff_classes).squeeze(1)
-    probability = _class_probability(logits.flatten(1), a.pixels, segment_class[thing_segment])
+    probability = _class_probability(logits.flatten(1), a.pixels, segment_class[thing_segment], chunk_elements)
     mean_probability = torch.bincount(thing_segment, probability, minlength=num_segments + 1) / area.clamp(min=1)
     # ... times the heatmap at the pixel centroid, computed exactly (integer sums).
     sum_y = torch.bincount(thing_segment, weights=ys[a.pixels].double(), minlength=num_segments + 1)
@@ -530,14 +597,17 @@ def _to_result(
     cy = torch.div(sum_y.long(), area.clamp(min=1), rounding_mode="floor")
     cx = torch.div(sum_x.long(), area.clamp(min=1), rounding_mode="floor")
     score = mean_probability * heatmap[cy, cx].double()
+    stats = torch.stack((segment_class, area, x0, y0, x1 - x0 + 1, y1 - y0 + 1), dim=1)
+    return SegmentTable(id_map.view(height, width), stats, score, num_instances)
 
-    id_map_np = id_map.view(height, width).to(torch.int32).cpu().numpy()
-    stats = torch.stack((segment_class, area, x0, y0, x1 - x0 + 1, y1 - y0 + 1)).T.tolist()
-    scores = score.tolist()
+
+def _to_result(table: SegmentTable, category_ids: Sequence[int] | None) -> PanopticResult:
+    """A :class:`PanopticResult` of a segment table, with dataset category ids when given."""
+    stats, scores = table.stats.tolist(), table.score.tolist()
     segments = []
-    for segment_id in range(1, num_segments + 1):
+    for segment_id in range(1, len(stats)):
         cls, seg_area, x, y, w, h = stats[segment_id]
-        isthing = segment_id <= num_instances
+        isthing = segment_id <= table.num_instances
         segments.append(
             Segment(
                 id=segment_id,
@@ -549,13 +619,13 @@ def _to_result(
                 score=scores[segment_id] if isthing else None,
             )
         )
-    return PanopticResult(id_map_np, segments)
+    return PanopticResult(table.id_map.to(torch.int32).cpu().numpy(), segments)
 
 
-def _class_probability(flat_logits: Tensor, pixels: Tensor, classes: Tensor) -> Tensor:
+def _class_probability(flat_logits: Tensor, pixels: Tensor, classes: Tensor, chunk_elements: int) -> Tensor:
     """softmax(flat_logits [C, H*W])[classes[i], pixels[i]] as float64 [N], in chunks of pixels."""
     probability = torch.empty(pixels.numel(), dtype=torch.float64, device=pixels.device)
-    chunk = max(1, GROUPING_CHUNK_ELEMENTS // flat_logits.shape[0])
+    chunk = max(1, chunk_elements // flat_logits.shape[0])
     for start in range(0, pixels.numel(), chunk):
         stop = start + chunk
         softmax = torch.softmax(flat_logits[:, pixels[start:stop]], dim=0)
