@@ -9,6 +9,10 @@ Side by side in one process, the same random weights and input, warm runs on bot
 * ``onnxruntime``: the network exported by ``panopticlab export`` (BatchNorm folded by onnxruntime's
   graph optimiser), with the file's size.
 
+End to end (image -> panoptic map and segments), eager ``predict`` against the TorchScript file of
+``panopticlab export --format torchscript`` (network + post-processing), whose id map must equal
+``predict``'s.
+
 Each path's outputs are checked against the reference (largest difference relative to the output's
 largest magnitude). Reported: median seconds of ``--repeats`` after ``--warmup``, and the ratio to the
 reference (< 1: faster).
@@ -47,6 +51,35 @@ def largest_difference(expected: dict, got: dict) -> float:
     return max(float((got[k] - v).abs().max()) / max(1.0, float(v.abs().max())) for k, v in expected.items())
 
 
+def end_to_end(model, images: torch.Tensor, path: Path, args: argparse.Namespace) -> dict:
+    """Eager predict against the TorchScript file (network + post-processing) on one image."""
+    from panopticlab.export import export_torchscript
+
+    image = images[0].round().to(torch.uint8)
+    start = time.perf_counter()
+    report = export_torchscript(model, path, sample_size=tuple(args.size))
+    export_seconds = time.perf_counter() - start
+    script = torch.jit.load(str(path))
+
+    def scripted():
+        with torch.no_grad():
+            return script(image)
+
+    eager_seconds = median_seconds(lambda: model.predict(image), args.warmup, args.repeats)
+    script_seconds = median_seconds(scripted, args.warmup, args.repeats)
+    same = bool((scripted()[0].numpy() == model.predict(image)[0].id_map).all())
+    print(f"{'predict (eager)':>22}: {eager_seconds:.3f} s\n{'torchscript file':>22}: {script_seconds:.3f} s", flush=True)
+    return {
+        "reference": "eager model.predict (network + post-processing), one image",
+        "eager_predict_seconds": eager_seconds,
+        "torchscript_seconds": script_seconds,
+        "ratio_to_reference": script_seconds / eager_seconds,
+        "torchscript_file_mib": report.size_bytes / 2**20,
+        "torchscript_export_seconds": export_seconds,
+        "id_map_equal": same,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, nargs=2, default=(512, 1024))
@@ -54,6 +87,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-onnx", action="store_true")
+    parser.add_argument("--no-torchscript", action="store_true")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -80,14 +114,15 @@ def main() -> None:
         "folded_channels_last": lambda: run(channels_last, images_cl),
     }
     rows, extra = {}, {}
-    if not args.no_onnx:
-        from panopticlab.config import Config, from_dict
-        from panopticlab.export import OnnxNetwork, export_onnx
-        from panopticlab.models import build_model
+    from panopticlab.config import Config, from_dict
+    from panopticlab.models import build_model
 
-        model = build_model(from_dict(Config, {"model": {"arch": "panoptic_deeplab", "categories": "cityscapes"}}))
-        model.network.load_state_dict(reference.state_dict())
-        scratch = tempfile.TemporaryDirectory()
+    model = build_model(from_dict(Config, {"model": {"arch": "panoptic_deeplab", "categories": "cityscapes"}}))
+    model.network.load_state_dict(reference.state_dict())
+    scratch = tempfile.TemporaryDirectory()
+    if not args.no_onnx:
+        from panopticlab.export import OnnxNetwork, export_onnx
+
         onnx_path = Path(scratch.name) / "r52_dsconv.onnx"
         start = time.perf_counter()
         report = export_onnx(model.eval(), onnx_path, sample_size=tuple(args.size))
@@ -101,6 +136,8 @@ def main() -> None:
         print(f"{name:>22}: {seconds:.3f} s", flush=True)
     for row in rows.values():
         row["ratio_to_reference"] = row["seconds"] / rows["reference_eager"]["seconds"]
+    if not args.no_torchscript:
+        extra["end_to_end"] = end_to_end(model.eval(), images, Path(scratch.name) / "r52_dsconv.pt", args)
     report = {
         "network": "Panoptic-DeepLab R52-DSConv, 19 classes (detectron2's Cityscapes model), random weights",
         "reference": "the plain eager network, fp32 NCHW (equal to detectron2's outputs to 1e-7 on its weights)",

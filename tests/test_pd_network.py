@@ -168,6 +168,18 @@ def test_timm_backbones_name_features_by_stride(name: str, output_stride: int, c
     assert backbone.feature_strides == {k: strides[k] for k in channels}
 
 
+@pytest.mark.parametrize("output_stride", [32, 16, 8])
+def test_timm_features_keep_their_names_when_dilated(output_stride: int) -> None:
+    """At output stride 8 res4 and res5 both have stride 8: they are named by position, not stride."""
+    backbone = build_backbone("timm:resnet10t", output_stride=output_stride, out_features=("res5", "res4", "res3", "res2"))
+    assert backbone.feature_channels == {"res5": 512, "res4": 256, "res3": 128, "res2": 64}
+    expected = {"res2": 4, "res3": 8, "res4": min(16, output_stride), "res5": output_stride}
+    assert backbone.feature_strides == expected
+    with torch.no_grad():
+        features = backbone(torch.zeros(1, 3, 64, 64))
+    assert {k: v.shape[-1] for k, v in features.items()} == {k: 64 // s for k, s in expected.items()}
+
+
 def test_timm_mobilenetv3_network_forward() -> None:
     model = build_panoptic_deeplab(7, backbone="timm:mobilenetv3_large_100").eval()
     assert model.backbone.feature_channels == {"res5": 960, "res3": 40, "res2": 24}
