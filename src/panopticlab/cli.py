@@ -225,17 +225,28 @@ def _add_convert(subparsers) -> None:
     p = subparsers.add_parser(
         "convert",
         help="convert model-zoo weights to panopticlab's safetensors",
-        description="Convert a detectron2 Panoptic-DeepLab .pkl (detectron2's model zoo, or the "
-        "Panoptic-DeepLab seed's Xception-65 and HRNet models; read without running any code from it) to a "
-        ".safetensors file that panopticlab.load_model reads. The architecture is read from the file.",
+        description="Convert released weights to a .safetensors file that panopticlab.load_model reads. "
+        "detectron2: a Panoptic-DeepLab .pkl (detectron2's model zoo, or the Panoptic-DeepLab seed's Xception-65 "
+        "and HRNet models; read without running any code from it; the architecture is read from the file). "
+        "sognet / upsnet: a released SOGNet or UPSNet .pth (torch.load with weights_only; no code runs) for the "
+        "--config it is to be loaded with (configs/sognet/*_released.yaml).",
     )
-    p.add_argument("source", choices=["detectron2"], help="where the weights come from")
-    p.add_argument("input", type=Path, help="e.g. model_final_23d03a.pkl")
+    p.add_argument("source", choices=["detectron2", "sognet", "upsnet"], help="where the weights come from")
+    p.add_argument("input", type=Path, help="e.g. model_final_23d03a.pkl or sognet_r50_coco.pth")
     p.add_argument("output", type=Path, help="e.g. r52_dsconv_cityscapes.safetensors")
+    p.add_argument("--config", type=Path, help="sognet / upsnet: the config the weights are for")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
 
 def _run_convert(args: argparse.Namespace) -> int:
+    if args.source in ("sognet", "upsnet"):
+        from panopticlab.models.sognet.released import convert_released
+
+        if args.config is None:
+            raise InputError(f"convert {args.source} needs --config (e.g. configs/sognet/{args.source}_r50_coco_released.yaml)")
+        summary = convert_released(args.input, args.config, args.output, overwrite=args.overwrite)
+        print(f"wrote {summary.destination}: {summary.num_tensors} tensors ({summary.num_values:,} values) for {args.config}")
+        return 0
     from panopticlab.models.panoptic_deeplab.detectron2 import convert_detectron2
 
     report = convert_detectron2(args.input, args.output, overwrite=args.overwrite)
@@ -272,15 +283,17 @@ def _run_export(args: argparse.Namespace) -> int:
     if args.format not in ("onnx", "torchscript"):
         raise InputError(f"--format {args.format}: unsupported (onnx or torchscript)")
     model = load_model(args.config, args.weights)
-    sizes = lambda report: " and ".join(f"{h}x{w}" for h, w in report.checked_sizes)  # noqa: E731
     if args.format == "torchscript":
         report = export_torchscript(model, args.output, sample_size=tuple(args.size), overwrite=args.overwrite)
-        print(f"wrote {report.path}: {report.size_bytes / 2**20:.1f} MiB, equal to predict at {sizes(report)}")
-        return 0
-    report = export_onnx(model, args.output, sample_size=tuple(args.size), overwrite=args.overwrite)
-    worst = max(report.max_abs_difference.values())
-    print(f"wrote {report.path}: {report.size_bytes / 2**20:.1f} MiB, opset {report.opset}, checked with onnxruntime "
-          f"at {sizes(report)} (largest relative difference {worst:.1e})")  # fmt: skip
+    else:
+        report = export_onnx(model, args.output, sample_size=tuple(args.size), overwrite=args.overwrite)
+    sizes = " and ".join(f"{h}x{w}" for h, w in report.checked_sizes)
+    written = f"wrote {report.path}: {report.size_bytes / 2**20:.1f} MiB"
+    if args.format == "torchscript":
+        print(f"{written}, equal to predict at {sizes}")
+    else:
+        worst = max(report.max_abs_difference.values())
+        print(f"{written}, opset {report.opset}, checked with onnxruntime at {sizes} (largest relative difference {worst:.1e})")
     return 0
 
 

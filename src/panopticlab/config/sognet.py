@@ -17,7 +17,7 @@ builder resolves them once (``models/sognet/settings.py``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Optional
 
 from panopticlab.config.loading import Section
 
@@ -37,6 +37,15 @@ class SOGNetConfig(Section):
     #: ResNets: frozen_bn (pretrained weights, the recipe) or bn (trainable BatchNorm, training from scratch).
     #: timm backbones keep their own (trainable) norm layers.
     backbone_norm: Literal["frozen_bn", "bn"] = "frozen_bn"
+    #: ResNets: the stride of each stage's first block in its 1x1 conv (caffe / Detectron, the released
+    #: SOGNet and UPSNet weights) instead of its 3x3 conv (torchvision)
+    stride_in_1x1: bool = False
+    #: the network's input: channel order and the per-channel mean / std subtracted and divided (in
+    #: that order, 0..255). Default: RGB with ImageNet statistics (torchvision's weights); the released
+    #: SOGNet / UPSNet weights take BGR minus (102.9801, 115.9465, 122.7717), std 1.
+    pixel_order: Literal["rgb", "bgr"] = "rgb"
+    pixel_mean: Optional[tuple[float, float, float]] = None
+    pixel_std: Optional[tuple[float, float, float]] = None
     #: ResNets: how many of the 5 stages (layer4 first) are trained; 3 = res3..res5 (conv1 and res2 frozen)
     trainable_layers: int = 3
     fpn_channels: int = 256
@@ -152,6 +161,10 @@ class SOGNetConfig(Section):
             found.append(("backbone", "must be resnet50, resnet101 or timm:<model name>"))
         if not 0 <= self.trainable_layers <= 5:
             found.append(("trainable_layers", "must lie in 0..5"))
+        if self.stride_in_1x1 and b.startswith("timm:"):
+            found.append(("stride_in_1x1", "applies to the torchvision ResNets only"))
+        if self.pixel_std is not None and min(self.pixel_std) <= 0:
+            found.append(("pixel_std", "must be positive"))
         levels = self.anchor_sizes_per_level
         if len(levels) != 5 or min(min(level, default=0) for level in levels) <= 0:
             found.append(("anchor_sizes", "needs 5 levels P2..P6 of positive sizes"))

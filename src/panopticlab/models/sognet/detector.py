@@ -106,6 +106,8 @@ def build_backbone_fpn(config: SOGNetConfig) -> nn.Module:
     else:
         norm = FrozenBatchNorm2d if config.backbone_norm == "frozen_bn" else nn.BatchNorm2d
         body = getattr(torchvision.models, name)(weights=None, norm_layer=norm)
+        if config.stride_in_1x1:
+            move_stride_to_1x1(body)
         if config.backbone_weights:
             load_backbone_weights(body, config.backbone_weights)
         _freeze_resnet(body, config.trainable_layers)
@@ -121,6 +123,20 @@ def build_backbone_fpn(config: SOGNetConfig) -> nn.Module:
     if config.fpn_global_context:
         fpn.inner_blocks[-1] = GlobalContextLateral(fpn.inner_blocks[-1], c5_channels, config.fpn_channels)
     return model
+
+
+def move_stride_to_1x1(body: nn.Module) -> None:
+    """A torchvision ResNet turned caffe-style: each stage's stride in its first block's 1x1 conv.
+
+    torchvision (like the ResNet v1.5 paper code) strides the 3x3 conv of a stage's first block;
+    the MSRA caffe ResNets, Detectron and the released SOGNet / UPSNet stride the first 1x1 conv
+    (``resnet.py``: ``conv1 = Conv2d(inplanes, planes, 1, stride=stride)``, ``conv2`` stride 1).
+    The shortcut (``downsample``: 1x1, stride 2) is the same in both. The parameters do not change.
+    """
+    for stage in RESNET_STAGES:
+        first = getattr(body, stage)[0]
+        stride = first.conv2.stride
+        first.conv1.stride, first.conv2.stride = stride, (1, 1)
 
 
 def _freeze_resnet(body: nn.Module, trainable_layers: int) -> None:

@@ -45,7 +45,7 @@ from panopticlab.evaluation.overlap import OverlapRelationEvaluator
 from panopticlab.evaluation.protocol import Evaluator
 from panopticlab.masks import overlap_graph
 from panopticlab.models.base import PanopticModel, training_targets
-from panopticlab.models.common import IGNORE_LABEL, PIXEL_MEAN, PIXEL_STD, ImageInput, as_image_tensors, inference_mode
+from panopticlab.models.common import IGNORE_LABEL, ImageInput, as_image_tensors, inference_mode
 from panopticlab.models.sognet.detector import (
     FPN_LEVELS,
     Detector,
@@ -124,8 +124,8 @@ class SOGNet(PanopticModel):
         self.training_settings = training
         self.inference = inference
         self.labels = LabelSpace(categories)
-        self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(3, 1, 1), persistent=False)
+        self.register_buffer("pixel_mean", torch.tensor(sizing.pixel_mean).view(3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(sizing.pixel_std).view(3, 1, 1), persistent=False)
 
     @property
     def device(self) -> torch.device:
@@ -514,10 +514,13 @@ class SOGNet(PanopticModel):
         return resize_image(image, self.sizing.input_size(*image.shape[-2:]))
 
     def _preprocess(self, images: list[Tensor]) -> ImageList:
-        """float [3, h, w] RGB 0..255 images at input size -> normalised, zero-padded batch
-        (height and width multiples of ``size_divisibility``) with the sizes before padding."""
+        """float [3, h, w] RGB 0..255 images at input size -> normalised (BGR first when the sizing
+        says so), zero-padded batch (height and width multiples of ``size_divisibility``) with the
+        sizes before padding."""
         sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
         height, width = padded_size(sizes, self.sizing.size_divisibility)
+        if self.sizing.bgr:
+            images = [im.flip(0) for im in images]
         batch = torch.stack([pad_to((im - self.pixel_mean) / self.pixel_std, height, width, 0.0) for im in images])
         return ImageList(batch, sizes)
 

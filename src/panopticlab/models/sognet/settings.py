@@ -15,16 +15,22 @@ from dataclasses import dataclass
 from typing import Literal
 
 from panopticlab.config.sognet import SOGNetConfig
+from panopticlab.models.common import PIXEL_MEAN, PIXEL_STD
 
 
 @dataclass(frozen=True)
 class InputSizing:
     """Images are resized so the short side is ``min_size`` unless the long side would exceed
-    ``max_size`` (at training and at test), then padded to a multiple of ``size_divisibility``."""
+    ``max_size`` (at training and at test), normalised, then padded to a multiple of ``size_divisibility``."""
 
     min_size: int = 800
     max_size: int = 1333
     size_divisibility: int = 32
+    #: the network's input: RGB 0..255 images, channels reversed when ``bgr``, minus ``pixel_mean``,
+    #: divided by ``pixel_std`` (both in the input's channel order)
+    bgr: bool = False
+    pixel_mean: tuple[float, float, float] = PIXEL_MEAN
+    pixel_std: tuple[float, float, float] = PIXEL_STD
 
     def input_size(self, height: int, width: int) -> tuple[int, int]:
         """The network's input size for an image (sizes rounded to the nearest pixel)."""
@@ -94,7 +100,14 @@ class InferenceSettings:
 
 def resolve_settings(config: SOGNetConfig) -> tuple[InputSizing, TrainingSettings, InferenceSettings]:
     """The three settings of a ``model.sognet`` section, its method's defaults filled in."""
-    sizing = InputSizing(config.min_size, config.max_size, config.size_divisibility)
+    sizing = InputSizing(
+        config.min_size,
+        config.max_size,
+        config.size_divisibility,
+        bgr=config.pixel_order == "bgr",
+        pixel_mean=tuple(config.pixel_mean or PIXEL_MEAN),
+        pixel_std=tuple(config.pixel_std or PIXEL_STD),
+    )
     training = TrainingSettings(
         detector_loss_weight=config.detector_loss_weight,
         semantic_loss_weight=config.semantic_loss_weight,
