@@ -223,8 +223,9 @@ def test_released_fpn_rpn_and_heads_compute_what_the_released_modules_compute(tm
         torch.testing.assert_close(bbox_pred, F.linear(fc, w["rcnn.bbox_pred.weight"], w["rcnn.bbox_pred.bias"]), rtol=1e-4, atol=1e-4)
 
         x = torch.randn(2, 256, 14, 14, generator=generator)
+        hidden = x
         for k in range(1, 5):
-            x_expected = F.relu(conv(x if k == 1 else x_expected, f"mask_branch.mask_conv{k}.0", padding=1))
-        deconv = F.relu(F.conv_transpose2d(x_expected, w["mask_branch.mask_deconv1.0.weight"], w["mask_branch.mask_deconv1.0.bias"], stride=2))
+            hidden = F.relu(conv(hidden, f"mask_branch.mask_conv{k}.0", padding=1))
+        deconv = F.relu(F.conv_transpose2d(hidden, w["mask_branch.mask_deconv1.0.weight"], w["mask_branch.mask_deconv1.0.bias"], stride=2))
         got = heads.mask_predictor(heads.mask_head(x))
         torch.testing.assert_close(got, conv(deconv, "mask_branch.mask_score"), rtol=1e-4, atol=1e-4)
