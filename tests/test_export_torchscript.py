@@ -115,3 +115,20 @@ def test_cli_export_torchscript(tmp_path, capsys):
     command[command.index("torchscript")] = "tensorrt"
     assert main(command) == 2 and "unsupported" in capsys.readouterr().err
     assert not list(tmp_path.glob(".export-*"))
+
+
+def test_sognets_backbone_and_fpn_script_and_give_the_eager_features():
+    """What of SOGNet / UPSNet TorchScript compiles today (docs/export.md): the backbone + FPN."""
+    from test_sognet_model import TINY as SOGNET_TINY
+
+    torch.manual_seed(0)
+    model = build_model(from_dict(Config, {"model": SOGNET_TINY})).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        scripted = torch.jit.script(model.detector.backbone)
+    images = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        expected, got = model.detector.backbone(images), scripted(images)
+    assert list(got) == list(expected)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name])

@@ -88,10 +88,14 @@ class TimmFPN(nn.Module):
         channels = [self.body.feature_channels[f"res{k}"] for k in range(2, 6)]
         self.fpn = FeaturePyramidNetwork(channels, out_channels, extra_blocks=LastLevelMaxPool())
         self.out_channels = out_channels
+        self.levels = list(FPN_LEVELS)
 
-    def forward(self, images: Tensor) -> OrderedDict[str, Tensor]:
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
         features = self.body(images)
-        return self.fpn(OrderedDict((level, features[f"res{k + 2}"]) for k, level in enumerate(FPN_LEVELS)))
+        levels: dict[str, Tensor] = {}  # insertion-ordered, as the FPN needs (and TorchScript compiles)
+        for k, level in enumerate(self.levels):
+            levels[level] = features["res" + str(k + 2)]
+        return self.fpn(levels)
 
 
 def build_backbone_fpn(config: SOGNetConfig) -> nn.Module:
