@@ -14,8 +14,8 @@ augmentation and the post-processing, whose functions (``postprocess.py``, ``tta
 in TorchScript's subset of Python so that the file runs the very code ``predict`` runs. The file is
 checked against ``predict`` at two image sizes before it is written.
 
-What is not exported: SOGNet / UPSNet (their detection stage loops over images and instances in
-Python; see docs/export.md).
+What is not exported: SOGNet / UPSNet beyond their backbone + FPN (their detection stage loops
+over images and instances in Python; see docs/export.md).
 
 ONNX needs the ``export`` extra (``pip install 'panopticlab[export]'``: onnx, onnxscript,
 onnxruntime); TorchScript needs torch only.
