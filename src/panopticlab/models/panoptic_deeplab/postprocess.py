@@ -157,8 +157,8 @@ def nearest_centers(
         for start in range(0, usual.numel(), chunk):
             rows = tile[start : start + chunk]
             # [n, C], a row per position (its tile's candidates): reductions run along memory
-            squared = _squared_difference(tile_y.index_select(0, rows), usual_y[start : start + chunk, None])
-            squared.add_(_squared_difference(tile_x.index_select(0, rows), usual_x[start : start + chunk, None]))
+            squared = _square_(tile_y.index_select(0, rows).sub_(usual_y[start : start + chunk, None]))
+            squared.add_(_square_(tile_x.index_select(0, rows).sub_(usual_x[start : start + chunk, None])))
             if dtype == torch.float64:
                 squared.sqrt_()
                 limit = squared.amin(dim=1, keepdim=True)
@@ -190,8 +190,8 @@ def _first_nearest(
     chunk = max(1, chunk_elements * (16 if predicted_y.is_cuda else 1) // num_centers)
     for start in range(0, predicted_y.numel(), chunk):
         stop = start + chunk
-        squared = _squared_difference(center_y, predicted_y[start:stop])  # [K, n], in place from here on
-        squared.add_(_squared_difference(center_x, predicted_x[start:stop]))
+        squared = _square_(center_y - predicted_y[start:stop])  # [K, n], in place from here on
+        squared.add_(_square_(center_x - predicted_x[start:stop]))
         if dtype == torch.float64:
             # No wider type to round the root in: compare the rounded roots themselves.
             squared.sqrt_()
@@ -205,10 +205,9 @@ def _first_nearest(
     return nearest
 
 
-def _squared_difference(a: Tensor, b: Tensor) -> Tensor:
-    """(a - b) * (a - b), broadcast, in one new tensor (freed by the caller's next in-place step)."""
-    difference = a - b
-    return difference.mul_(difference)
+def _square_(t: Tensor) -> Tensor:
+    """``t * t`` in place (a fresh difference tensor, freed after the caller's next step)."""
+    return t.mul_(t)
 
 
 def _candidate_centers(
