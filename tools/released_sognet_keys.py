@@ -135,10 +135,15 @@ def _easydict_module() -> types.ModuleType:
     return module
 
 
-def extract(repo: Path, folder: Path) -> None:
-    """The repository's HEAD tree into ``folder`` (``repo`` may be a bare git directory)."""
+def _git(repo: Path, *arguments: str) -> bytes:
+    """A git command on the repository (a work tree or a bare git directory)."""
     git_dir = repo / ".git" if (repo / ".git").exists() else repo
-    archive = subprocess.run(["git", "--git-dir", str(git_dir), "archive", "HEAD"], check=True, capture_output=True).stdout
+    return subprocess.run(["git", "--git-dir", str(git_dir), *arguments], check=True, capture_output=True).stdout
+
+
+def extract(repo: Path, folder: Path) -> None:
+    """The repository's HEAD tree into ``folder``."""
+    archive = _git(repo, "archive", "HEAD")
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(folder, filter="data")
 
@@ -170,10 +175,7 @@ def released_state_dict(project: str, repo: Path, experiment: str) -> dict:
         "project": project,
         "experiment": experiment,
         "builder": f"{module_name}.{builder}",
-        "commit": subprocess.run(
-            ["git", "--git-dir", str(repo / ".git" if (repo / ".git").exists() else repo), "rev-parse", "HEAD"],
-            check=True, capture_output=True, text=True,
-        ).stdout.strip(),
+        "commit": _git(repo, "rev-parse", "HEAD").decode().strip(),
         "parameters": sum(p.numel() for p in network.parameters()),
         "keys": {k: {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")} for k, v in state.items()},
     }

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from panopticlab.errors import InputError
 from panopticlab.models.base import PanopticModel
 from panopticlab.models.panoptic_deeplab.postprocess import image_segment_table
-from panopticlab.models.panoptic_deeplab.tta import tta_average, tta_input, tta_passes
+from panopticlab.models.panoptic_deeplab.tta import is_single_pass, tta_average, tta_input, tta_passes
 
 #: the exported graph's input and output names
 INPUT_NAME = "images"
@@ -105,8 +105,7 @@ def export_onnx(
         _require(package)
     ort = _require("onnxruntime")
     height, width = sample_size
-    if check_size is None:
-        check_size = (max(32, height - 32), max(32, width - 32))
+    check_size = check_size or _second_size(sample_size)
     heads = _Heads(network).eval()
     device = next(network.parameters()).device
     sample = torch.rand(1, 3, height, width, device=device) * 255
@@ -148,6 +147,11 @@ def _exportable_network(model: PanopticModel, format_name: str) -> nn.Module:
             "loops in Python; see docs/export.md)"
         )
     return network
+
+
+def _second_size(sample_size: tuple[int, int]) -> tuple[int, int]:
+    """The size a file is checked at besides the sample's: one 32-pixel step smaller (at least 32)."""
+    return max(32, sample_size[0] - 32), max(32, sample_size[1] - 32)
 
 
 def _new_output(output: str | os.PathLike, overwrite: bool) -> Path:
@@ -192,7 +196,7 @@ class PanopticDeepLabScript(nn.Module):
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         images = image.float().unsqueeze(0)
         height, width = images.shape[-2], images.shape[-1]
-        if self.tta_scales == [1.0] and not self.tta_flip:
+        if is_single_pass(self.tta_scales, self.tta_flip):
             sem_seg, center, offset = self.network(images)
         else:
             passes = tta_passes(self.tta_scales, self.tta_flip)
@@ -237,31 +241,24 @@ def export_torchscript(
     """
     network = _exportable_network(model, "TorchScript")
     output = _new_output(output, overwrite)
-    height, width = sample_size
-    if check_size is None:
-        check_size = (max(32, height - 32), max(32, width - 32))
+    check_size = check_size or _second_size(sample_size)
     device = next(network.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            # torch.jit is deprecated in favour of torch.export, which has no C++ runtime without
-            # AOTInductor: TorchScript is still the file a C++ program can load.
-            warnings.simplefilter("ignore", FutureWarning)
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the network's input check: constant in a trace
-            sample = torch.rand(1, 3, height, width, device=device) * 255
-            traced = torch.jit.trace(_Heads(network).eval(), (sample,), check_trace=False)
-            scripted = torch.jit.script(PanopticDeepLabScript(traced, model))
-            output.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=output.parent, prefix=".export-") as scratch:
-                staged = Path(scratch) / output.name
-                scripted.save(str(staged))
-                loaded = torch.jit.load(str(staged), map_location=device)
-                for size in (tuple(sample_size), tuple(check_size)):
-                    _check_script_equals_predict(loaded, model, size, output)
-                os.replace(staged, output)
-    finally:
-        model.train(was_training)
+    with torch.no_grad(), warnings.catch_warnings():
+        # torch.jit is deprecated in favour of torch.export, which has no C++ runtime without
+        # AOTInductor: TorchScript is still the file a C++ program can load.
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the network's input check: constant in a trace
+        sample = torch.rand(1, 3, *sample_size, device=device) * 255
+        traced = torch.jit.trace(_Heads(network).eval(), (sample,), check_trace=False)
+        scripted = torch.jit.script(PanopticDeepLabScript(traced, model))
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=output.parent, prefix=".export-") as scratch:
+            staged = Path(scratch) / output.name
+            scripted.save(str(staged))
+            loaded = torch.jit.load(str(staged), map_location=device)
+            for size in (tuple(sample_size), tuple(check_size)):
+                _check_script_equals_predict(loaded, model, size, output)
+            os.replace(staged, output)
     return ExportReport(str(output), output.stat().st_size, None, [tuple(sample_size), tuple(check_size)], {})
 
 

@@ -29,7 +29,7 @@ from panopticlab.models.panoptic_deeplab.losses import OffsetNormalizer, panopti
 from panopticlab.models.panoptic_deeplab.network import PanopticDeepLabNetwork, build_panoptic_deeplab
 from panopticlab.models.panoptic_deeplab.postprocess import ClassVote, panoptic_deeplab_inference
 from panopticlab.models.panoptic_deeplab.targets import AddTargets, PanopticDeepLabTargetGenerator, collate_targets
-from panopticlab.models.panoptic_deeplab.tta import tta_average, tta_input, tta_passes
+from panopticlab.models.panoptic_deeplab.tta import is_single_pass, tta_average, tta_input, tta_passes
 from panopticlab.structures import PanopticResult
 
 
@@ -156,9 +156,10 @@ class PanopticDeepLab(PanopticModel):
 
     def _heads_with_tta(self, image: torch.Tensor, scales: Sequence[float], flip: bool) -> dict[str, torch.Tensor]:
         """Head outputs for [B, 3, H, W], averaged over scales (and flips) at the input size (see ``tta.py``)."""
-        if tuple(scales) == (1.0,) and not flip:
+        scales = [float(s) for s in scales]
+        if is_single_pass(scales, flip):
             return self.forward_heads(image.float())
-        passes = tta_passes([float(s) for s in scales], flip)
+        passes = tta_passes(scales, flip)
         outputs = []
         for scale, flipped in passes:
             out = self.forward_heads(tta_input(image.float(), scale, flipped))

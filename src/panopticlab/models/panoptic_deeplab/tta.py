@@ -16,6 +16,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def is_single_pass(scales: list[float], flip: bool) -> bool:
+    """No augmentation: the network's outputs are used as they are (no softmax-and-log round trip)."""
+    return scales == [1.0] and not flip
+
+
 def tta_passes(scales: list[float], flip: bool) -> list[tuple[float, bool]]:
     """The (scale, flipped) of every network pass, in the order they are averaged."""
     passes: list[tuple[float, bool]] = []

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +52,9 @@ from panopticlab.data.categories import load_categories
 from panopticlab.errors import InputError
 from panopticlab.models.sognet.model import SOGNet, build_sognet_model
 from panopticlab.weights import check_fits, listing, read_state_dict, save_weights
+
+#: the released 1x1 convolutions that are linear layers here
+_ONE_BY_ONE_TO_LINEAR = ("relation.geometry.weight", "relation.score.weight")
 
 #: (released key pattern, panopticlab key template): the first that matches maps the key
 _RULES: list[tuple[re.Pattern, str]] = [
@@ -147,36 +150,15 @@ def convert_released_state(
         if ours is None or ours not in expected:
             unmapped.append(key)
             continue
-        state[ours] = _RESHAPE.get(ours, _same)(tensor, semantic_rows).to(expected[ours].dtype)
+        if ours in _ONE_BY_ONE_TO_LINEAR and tensor.dim() == 4:
+            tensor = tensor.flatten(1)  # [out, in, 1, 1] -> [out, in]; another kernel size stays mis-shaped
+        elif ours.startswith("semantic_head.classifier.") and tensor.shape[0] == len(semantic_rows):
+            tensor = tensor[torch.as_tensor(semantic_rows)]
+        state[ours] = tensor.to(expected[ours].dtype)
     if unmapped:
         raise InputError(f"{source}: " + listing("keys with no counterpart in the model", unmapped))
     check_fits(expected, state, source)
     return state
-
-
-def _same(tensor: Tensor, semantic_rows: list[int]) -> Tensor:
-    return tensor
-
-
-def _as_linear(tensor: Tensor, semantic_rows: list[int]) -> Tensor:
-    """A 1x1 convolution's weight [out, in, 1, 1] as a linear layer's [out, in]."""
-    if tensor.dim() != 4 or tensor.shape[2:] != (1, 1):
-        return tensor  # check_fits reports the shape
-    return tensor[:, :, 0, 0]
-
-
-def _semantic_rows(tensor: Tensor, semantic_rows: list[int]) -> Tensor:
-    if tensor.shape[0] != len(semantic_rows):
-        return tensor
-    return tensor[torch.as_tensor(semantic_rows)]
-
-
-_RESHAPE: dict[str, Callable[[Tensor, list[int]], Tensor]] = {
-    "relation.geometry.weight": _as_linear,
-    "relation.score.weight": _as_linear,
-    "semantic_head.classifier.weight": _semantic_rows,
-    "semantic_head.classifier.bias": _semantic_rows,
-}
 
 
 def convert_released(
