@@ -61,6 +61,13 @@ class SOGNetConfig(Section):
     min_size: int = 800
     max_size: int = 1333
     size_divisibility: int = 32
+    #: torchvision: its anchors, box clipping, proposal step and RoI level mapping; detectron: those of
+    #: the released SOGNet / UPSNet code (Detectron's generate_anchors centred on stride / 2 at strides
+    #: 4..64, coordinates clipped to W - 1, each level's own post-NMS top-n, the released FPNRoIAlign
+    #: level rule and legacy RoIAlign, max_instances keeping ties; models/sognet/detectron_boxes.py)
+    box_convention: Literal["torchvision", "detectron"] = "torchvision"
+    #: proposals narrower or lower than this (input pixels) are dropped (torchvision 1e-3, the released 0)
+    rpn_min_size: float = 1e-3
     rpn_pre_nms_top_n_train: int = 2000
     rpn_post_nms_top_n_train: int = 2000
     rpn_pre_nms_top_n_test: int = 1000
@@ -200,6 +207,8 @@ class SOGNetConfig(Section):
             found.append(("crowd_ignore_iof", "must lie in (0, 1], or be null"))
         if self.relation_overlap_threshold == 0:
             found.append(("relation_overlap_threshold", "must be > 0 (0 would relate instances that do not touch)"))
+        if self.rpn_min_size < 0:
+            found.append(("rpn_min_size", "must be >= 0"))
         if self.stuff_area < 0:
             found.append(("stuff_area", "must be >= 0"))
         weights = ("detector", "semantic", "semantic_roi", "panoptic", "relation")

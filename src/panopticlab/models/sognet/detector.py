@@ -42,6 +42,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from panopticlab.models.backbone_weights import load_backbone_weights
+from panopticlab.models.sognet import detectron_boxes
 from panopticlab.models.backbones import TimmBackbone
 from panopticlab.config.sognet import SOGNetConfig
 
@@ -195,11 +196,24 @@ def crowd_covered(boxes: Tensor, crowd_boxes: Tensor, threshold: float) -> Tenso
 class CrowdAwareRPN(RegionProposalNetwork):
     """torchvision's RPN whose background anchors covered by a crowd box (``targets[i]
     ["crowd_boxes"]``, intersection over the anchor's area > ``crowd_ignore_iof``) are ignored
-    by the sampler instead of trained as background. ``crowd_ignore_iof=None``: torchvision's RPN."""
+    by the sampler instead of trained as background. ``crowd_ignore_iof=None``: torchvision's RPN.
+    ``released_proposals``: the released code's proposal step
+    (:func:`.detectron_boxes.released_proposals`) instead of torchvision's."""
 
-    def __init__(self, *args, crowd_ignore_iof: float | None = None, **kwargs):
+    def __init__(self, *args, crowd_ignore_iof: float | None = None, released_proposals: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.crowd_ignore_iof = crowd_ignore_iof
+        self.released_proposals = released_proposals
+
+    def filter_proposals(
+        self, proposals: Tensor, objectness: Tensor, image_shapes: list[tuple[int, int]], num_anchors_per_level: list[int]
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        if not self.released_proposals:
+            return super().filter_proposals(proposals, objectness, image_shapes, num_anchors_per_level)
+        return detectron_boxes.released_proposals(
+            proposals, objectness, image_shapes, num_anchors_per_level, pre_nms_top_n=self.pre_nms_top_n(),
+            post_nms_top_n=self.post_nms_top_n(), min_size=self.min_size, nms_threshold=self.nms_thresh,
+        )  # fmt: skip
 
     def assign_targets_to_anchors(self, anchors: list[Tensor], targets: list[dict[str, Tensor]]) -> tuple[list[Tensor], list[Tensor]]:
         labels, matched_boxes = super().assign_targets_to_anchors(anchors, targets)
@@ -228,14 +242,17 @@ class CrowdAwareRoIHeads(RoIHeads):
 class Detector(nn.Module):
     """Backbone + FPN, RPN and RoI heads of a torchvision Mask R-CNN (no image transform).
 
-    Attribute names are torchvision's (``backbone``, ``rpn``, ``roi_heads``).
+    Attribute names are torchvision's (``backbone``, ``rpn``, ``roi_heads``). ``detectron_boxes``:
+    the parts follow the released code's box conventions (:mod:`.detectron_boxes`), and so does
+    :func:`detect`.
     """
 
-    def __init__(self, backbone: nn.Module, rpn: RegionProposalNetwork, roi_heads: RoIHeads):
+    def __init__(self, backbone: nn.Module, rpn: RegionProposalNetwork, roi_heads: RoIHeads, *, detectron_boxes: bool = False):
         super().__init__()
         self.backbone = backbone
         self.rpn = rpn
         self.roi_heads = roi_heads
+        self.detectron_boxes = detectron_boxes
 
 
 def build_detector(config: SOGNetConfig, num_thing_classes: int) -> Detector:
@@ -244,7 +261,11 @@ def build_detector(config: SOGNetConfig, num_thing_classes: int) -> Detector:
     channels = backbone.out_channels
     ratios = tuple(float(r) for r in config.anchor_aspect_ratios)
     sizes = config.anchor_sizes_per_level
-    anchors = Float32AnchorGenerator(sizes, (ratios,) * len(sizes))
+    released = config.box_convention == "detectron"
+    if released:
+        anchors = detectron_boxes.DetectronAnchorGenerator(sizes, ratios)
+    else:
+        anchors = Float32AnchorGenerator(sizes, (ratios,) * len(sizes))
     rpn = CrowdAwareRPN(
         anchors,
         Float32RPNHead(channels, len(sizes[0]) * len(ratios)),
@@ -256,10 +277,13 @@ def build_detector(config: SOGNetConfig, num_thing_classes: int) -> Detector:
         post_nms_top_n={"training": config.rpn_post_nms_top_n_train, "testing": config.rpn_post_nms_top_n_test},
         nms_thresh=config.rpn_nms_threshold,
         crowd_ignore_iof=config.crowd_ignore_iof,
+        released_proposals=released,
     )
+    rpn.min_size = config.rpn_min_size
     levels = list(FPN_LEVELS)
+    roi_pool = detectron_boxes.DetectronRoIAlign if released else MultiScaleRoIAlign
     roi_heads = CrowdAwareRoIHeads(
-        box_roi_pool=MultiScaleRoIAlign(levels, output_size=7, sampling_ratio=2),
+        box_roi_pool=roi_pool(levels, output_size=7, sampling_ratio=2),
         box_head=TwoMLPHead(channels * 7 * 7, config.box_head_channels),
         box_predictor=Float32BoxPredictor(config.box_head_channels, num_thing_classes + 1),
         fg_iou_thresh=config.box_fg_iou_threshold,
@@ -270,12 +294,12 @@ def build_detector(config: SOGNetConfig, num_thing_classes: int) -> Detector:
         score_thresh=0.05,
         nms_thresh=0.5,
         detections_per_img=100,
-        mask_roi_pool=MultiScaleRoIAlign(levels, output_size=14, sampling_ratio=2),
+        mask_roi_pool=roi_pool(levels, output_size=14, sampling_ratio=2),
         mask_head=MaskRCNNHeads(channels, (config.mask_head_channels,) * 4, 1),
         mask_predictor=MaskRCNNPredictor(config.mask_head_channels, config.mask_head_channels, num_thing_classes + 1),
         crowd_ignore_iof=config.crowd_ignore_iof,
     )
-    return Detector(backbone, rpn, roi_heads)
+    return Detector(backbone, rpn, roi_heads, detectron_boxes=released)
 
 
 def detector_losses(
@@ -378,7 +402,9 @@ def detect(
     candidate with its class-specific box (clipped to the image). Then NMS at
     ``nms_threshold``: across classes when ``class_agnostic`` (SOGNet's panoptic instance
     set, reference §4.4 step 3), per class otherwise (torchvision's detections). At most
-    ``max_detections`` per image, highest score first.
+    ``max_detections`` per image, highest score first. With ``detector.detectron_boxes``: the
+    released ``MaskROI``: boxes clipped as the released code clips them, no size filter, and
+    ties at the ``max_detections`` cut kept.
 
     Returns:
         per image ``boxes`` float [D, 4] (input pixels), ``labels`` int64 [D] (1..K), ``scores`` float [D].
@@ -391,19 +417,25 @@ def detect(
     all_scores = F.softmax(class_logits, dim=-1)
     counts = [len(p) for p in proposals]
     detections = []
+    released = detector.detectron_boxes
+    clip = detectron_boxes.clip_boxes_legacy if released else box_ops.clip_boxes_to_image
     for boxes, scores, size in zip(all_boxes.split(counts), all_scores.split(counts), images.image_sizes):
-        boxes = box_ops.clip_boxes_to_image(boxes, size)[:, 1:].reshape(-1, 4)  # background column dropped
+        boxes = clip(boxes, size)[:, 1:].reshape(-1, 4)  # background column dropped
         num_classes = scores.shape[1] - 1
         labels = torch.arange(1, num_classes + 1, device=scores.device).repeat(scores.shape[0])
         scores = scores[:, 1:].reshape(-1)
         keep = torch.where(scores > score_threshold)[0]
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        keep = box_ops.remove_small_boxes(boxes, min_size=1e-2)
-        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        if not released:
+            keep = box_ops.remove_small_boxes(boxes, min_size=1e-2)
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
         if class_agnostic:
             keep = box_ops.nms(boxes, scores, nms_threshold)
         else:
             keep = box_ops.batched_nms(boxes, scores, labels, nms_threshold)
-        keep = keep[:max_detections]  # nms returns indices by decreasing score
+        if released:
+            keep = keep[detectron_boxes.keep_top_detections(scores[keep], max_detections)]
+        else:
+            keep = keep[:max_detections]  # nms returns indices by decreasing score
         detections.append({"boxes": boxes[keep], "labels": labels[keep], "scores": scores[keep]})
     return detections
