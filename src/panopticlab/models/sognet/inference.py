@@ -4,8 +4,8 @@ Everything here works at the image's own resolution on one image:
 
 * :func:`resample_to_image`: stride-4 semantic logits -> the image's pixels;
 * :func:`same_class_removal`: SOGNet's/UPSNet's duplicate removal (step 5);
-* :func:`panoptic_assignment`: argmax of the panoptic logits, then the majority-class
-  relabelling of instance regions (steps 7-9);
+* :func:`panoptic_assignment`: argmax of the panoptic logits (:func:`winner_assignment`), then
+  the majority-class relabelling of instance regions (:func:`relabel_instances`; steps 7-9);
 * :func:`heuristic_assignment`: the Panoptic-FPN style merge of instance masks and the
   semantic argmax (the baseline);
 * :func:`remove_small_stuff` and :func:`assemble_result`: the stuff area limit and the
@@ -85,11 +85,8 @@ def panoptic_assignment(
     relabel_fraction: float,
     has_unknown: bool,
 ) -> tuple[Tensor, Tensor]:
-    """Argmax over ``[stuff ; instances (; unknown)]`` and the majority-class relabelling.
-
-    An instance region whose most frequent semantic class is its own class stays; otherwise,
-    when that class is a stuff class covering at least ``relabel_fraction`` of the region, the
-    region becomes that stuff; otherwise it stays. Unknown pixels are VOID.
+    """Argmax over ``[stuff ; instances (; unknown)]`` (:func:`winner_assignment`), then the
+    majority-class relabelling (:func:`relabel_instances`).
 
     Args:
         panoptic_logits: float [S + N (+ 1), H, W].
@@ -99,7 +96,14 @@ def panoptic_assignment(
     Returns:
         the assignment ``(instance, category)``, int64 [H, W] each.
     """
-    num_stuff, num_instances = labels.num_stuff, instance_labels.shape[0]
+    instance, category = winner_assignment(panoptic_logits, instance_labels.shape[0], labels, has_unknown=has_unknown)
+    return relabel_instances(instance, category, semantic_argmax, instance_labels, labels, relabel_fraction=relabel_fraction)
+
+
+def winner_assignment(panoptic_logits: Tensor, num_instances: int, labels: LabelSpace, *, has_unknown: bool) -> tuple[Tensor, Tensor]:
+    """The assignment of the argmax over ``[stuff ; instances (; unknown)]`` (float
+    [S + N (+ 1), H, W]); unknown pixels are VOID."""
+    num_stuff = labels.num_stuff
     if panoptic_logits.shape[0] != num_stuff + num_instances + int(has_unknown):
         raise ValueError(f"expected {num_stuff + num_instances + int(has_unknown)} panoptic channels, got {panoptic_logits.shape[0]}")
     winner = panoptic_logits.argmax(dim=0)
@@ -107,9 +111,22 @@ def panoptic_assignment(
     category = torch.where(winner < num_stuff, stuff_ids[winner.clamp(max=num_stuff - 1)], -1)
     is_instance = (winner >= num_stuff) & (winner < num_stuff + num_instances)
     instance = torch.where(is_instance, winner - num_stuff, -1)
+    return instance, category
+
+
+def relabel_instances(
+    instance: Tensor, category: Tensor, semantic_argmax: Tensor, instance_labels: Tensor, labels: LabelSpace, *, relabel_fraction: float
+) -> tuple[Tensor, Tensor]:
+    """The released majority-class relabelling of an assignment (int64 [H, W] each).
+
+    An instance region whose most frequent semantic class (``semantic_argmax``, int64 [H, W]) is
+    its own class (``instance_labels``, int64 [N] contiguous) stays; otherwise, when that class is
+    a stuff class covering at least ``relabel_fraction`` of the region, the region becomes that
+    stuff; otherwise it stays.
+    """
+    num_instances = instance_labels.shape[0]
     if num_instances == 0:
         return instance, category
-
     # votes[i, c]: pixels of instance i whose semantic argmax is c
     owned = instance >= 0
     num_classes = labels.num_classes

@@ -59,10 +59,11 @@ from panopticlab.models.sognet.detector import (
 from panopticlab.models.sognet.inference import (
     assemble_result,
     heuristic_assignment,
-    panoptic_assignment,
+    relabel_instances,
     remove_small_stuff,
     resample_to_image,
     same_class_removal,
+    winner_assignment,
 )
 from panopticlab.models.sognet.labels import LabelSpace
 from panopticlab.models.sognet.overlap_removal import (
@@ -71,13 +72,13 @@ from panopticlab.models.sognet.overlap_removal import (
 )
 from panopticlab.models.sognet.panoptic_head import (
     box_support,
-    crop_to_boxes,
     panoptic_logits,
     panoptic_loss,
     panoptic_target,
     paste_mask_logits,
     unknown_logits,
 )
+from panopticlab.models.sognet.released_test import nearest_to_image, paste_mask_logits_released, semantic_crop_support
 from panopticlab.models.sognet.relation import RelationModule, intersection_boxes, overlapping_order, relation_loss
 from panopticlab.models.sognet.semantic_head import SemanticHead, semantic_loss, semantic_roi_loss
 from panopticlab.models.sognet.settings import InferenceSettings, InputSizing, TrainingSettings, resolve_settings
@@ -199,13 +200,14 @@ class SOGNet(PanopticModel):
             mask_logits, appearance = mask_outputs[0][b][k], mask_outputs[1][b][k]
             canvas_boxes = boxes / 4
             masks = paste_mask_logits(mask_logits, canvas_boxes, height // 4, width // 4)
+            support = box_support(canvas_boxes.float(), height // 4, width // 4)
             if self.relation is not None:
-                support = box_support(canvas_boxes, height // 4, width // 4) if self.training_settings.removal_within_box else None
+                within = support if self.training_settings.removal_within_box else None
                 regions = _one_image(features, b), images.image_sizes[b]
-                masks, relation = self._resolve(masks, labels, boxes, appearance, t["relation"][k][:, k], regions, support=support)
+                masks, relation = self._resolve(masks, labels, boxes, appearance, t["relation"][k][:, k], regions, support=within)
                 relation_losses.append(relation)
             logits = self._panoptic_logits(
-                semantic[b], masks, labels, canvas_boxes, x2mask=self.training_settings.x2mask, unknown=self.training_settings.unknown_class
+                semantic[b], masks, labels, support, x2mask=self.training_settings.x2mask, unknown=self.training_settings.unknown_class
             )
             target = panoptic_target(
                 stride4_id_map(t["id_map"], height, width),
@@ -299,16 +301,17 @@ class SOGNet(PanopticModel):
         semantic: Tensor,
         masks: Tensor,
         labels: Tensor,
-        boxes: Tensor,
+        crop: Tensor,
         *,
         x2mask: bool,
         unknown: bool,
         exclude_outside: Tensor | None = None,
     ) -> Tensor:
         """``[stuff ; instances (; unknown)]`` on the canvas of ``semantic`` [C, H, W]; ``masks`` the
-        resolved mask logits [N, H, W], ``labels`` thing indices, ``boxes`` in canvas pixels;
-        ``exclude_outside``: the boxes' support (bool [N, H, W]), instance channels -inf outside it."""
-        instance_semantic = crop_to_boxes(semantic[self.labels.thing_contiguous(labels)], boxes)
+        resolved mask logits [N, H, W], ``labels`` thing indices, ``crop`` (bool [N, H, W]) the
+        pixels where each instance's semantic logit is kept (its box); ``exclude_outside``: the
+        boxes' support (bool [N, H, W]), instance channels -inf outside it."""
+        instance_semantic = torch.where(crop, semantic[self.labels.thing_contiguous(labels)], semantic.new_zeros(()))
         unknown_channel = unknown_logits(semantic[self.labels.things], instance_semantic) if unknown else None
         return panoptic_logits(
             semantic[self.labels.stuff], instance_semantic, masks, x2mask=x2mask, unknown_logits=unknown_channel, exclude_outside=exclude_outside
@@ -333,7 +336,7 @@ class SOGNet(PanopticModel):
     def _predict_one(self, image: Tensor) -> PanopticResult:
         s = self.inference
         height, width = image.shape[-2:]
-        images, features, semantic = self._image_features(image)
+        images, features, semantic = self._image_features(image, released=s.released_pipeline)
         detections = detect(
             self.detector,
             images,
@@ -343,9 +346,9 @@ class SOGNet(PanopticModel):
             max_detections=s.max_instances,
             class_agnostic=s.class_agnostic,
         )[0]
-        instances = self._instances(images, features, (height, width), detections["boxes"], detections["labels"] - 1)
+        instances = self._instances(images, features, (height, width), detections["boxes"], detections["labels"] - 1, released=s.released_pipeline)
         instances.scores = detections["scores"]
-        instance, category, kept = self._merge(instances, semantic, features, images.image_sizes[0], s, drop_duplicates=True)
+        instance, category, kept = self._merge(instances, semantic, features, images.image_sizes[0], (height, width), s, drop_duplicates=True)
         return assemble_result(instance, category, instances.contiguous[kept], instances.scores[kept], self.categories)
 
     def merge_given(
@@ -383,10 +386,11 @@ class SOGNet(PanopticModel):
         with inference_mode(self):
             image = as_image_tensors(image)[0].to(self.device)
             height, width = image.shape[-2:]
-            images, features, semantic = self._image_features(image)
+            released = settings.released_pipeline
+            images, features, semantic = self._image_features(image, released=released)
             things = self.labels.thing_index(labels.to(self.device))
             input_boxes = boxes.to(self.device, torch.float32) * _box_scale(images.image_sizes[0], (height, width), self.device)
-            instances = self._instances(images, features, (height, width), input_boxes, things)
+            instances = self._instances(images, features, (height, width), input_boxes, things, released=released)
             probabilities = torch.sigmoid(instances.masks)
             claimed = instances.masks > 0
             instances.scores = (probabilities * claimed).flatten(1).sum(1) / claimed.flatten(1).sum(1).clamp(min=1)
@@ -395,36 +399,44 @@ class SOGNet(PanopticModel):
                 # on all the instances once: the merge uses its rows and columns of the overlapping ones
                 module_relation = self._relation(things, instances.input_boxes, instances.appearance, (features, images.image_sizes[0]))
             instance, category, kept = self._merge(
-                instances, semantic, features, images.image_sizes[0], settings, drop_duplicates=False,
+                instances, semantic, features, images.image_sizes[0], (height, width), settings, drop_duplicates=False,
                 relation=module_relation if relation is None else relation,
             )  # fmt: skip
             result = assemble_result(instance, category, instances.contiguous[kept], instances.scores[kept], self.categories)
             owner = torch.where(instance >= 0, kept[instance.clamp(min=0)], -1)
             return GivenMerge(result, owner.cpu(), instances.scores.cpu(), None if module_relation is None else module_relation.cpu())
 
-    def _image_features(self, image: Tensor) -> tuple[ImageList, dict[str, Tensor], Tensor]:
+    def _image_features(self, image: Tensor, *, released: bool) -> tuple[ImageList, dict[str, Tensor], Tensor]:
         """One image [3, H, W] (0..255) -> the input batch, its FPN features and the semantic
-        logits [C, H, W] at the image's resolution."""
+        logits [C, H, W] on the merge's canvas: the image's resolution, or with ``released`` the
+        (un-padded) input's, the stride-4 logits upsampled x4 as the released code does."""
         height, width = image.shape[-2:]
         images = self._preprocess([self._resize(image.to(self.device))])
         features = self.detector.backbone(images.tensors)
         semantic, _ = self.semantic_head([features[level] for level in FPN_LEVELS])
-        return images, features, resample_to_image(semantic[0], images.image_sizes[0], (height, width))
+        canvas = images.image_sizes[0] if released else (height, width)
+        return images, features, resample_to_image(semantic[0], images.image_sizes[0], canvas)
 
     def _instances(
-        self, images: ImageList, features: dict[str, Tensor], image_size: tuple[int, int], input_boxes: Tensor, labels: Tensor
-    ) -> Instances:
-        """The mask head on N boxes (input pixels) of thing indices ``labels``: their logits pasted at
-        the image's resolution ``image_size``."""
+        self, images: ImageList, features: dict[str, Tensor], image_size: tuple[int, int], input_boxes: Tensor, labels: Tensor,
+        *, released: bool,
+    ) -> Instances:  # fmt: skip
+        """The mask head on N boxes (input pixels) of thing indices ``labels``: their logits pasted on
+        the merge's canvas, the image's resolution ``image_size`` (or with ``released`` the input's,
+        by the released paste)."""
         mask_logits, appearance = mask_head_outputs(self.detector, features, [input_boxes], [labels + 1], images.image_sizes)
-        height, width = image_size
-        boxes = input_boxes / _box_scale(images.image_sizes[0], image_size, self.device)
+        if released:
+            (height, width), boxes = images.image_sizes[0], input_boxes
+            masks = paste_mask_logits_released(mask_logits[0], boxes, height, width)
+        else:
+            (height, width), boxes = image_size, input_boxes / _box_scale(images.image_sizes[0], image_size, self.device)
+            masks = paste_mask_logits(mask_logits[0], boxes, height, width)
         return Instances(
             boxes=boxes,
             input_boxes=input_boxes,
             labels=labels,
             contiguous=self.labels.thing_contiguous(labels),
-            masks=paste_mask_logits(mask_logits[0], boxes, height, width),
+            masks=masks,
             appearance=appearance[0],
             scores=torch.ones(len(labels), device=self.device),
         )
@@ -435,22 +447,27 @@ class SOGNet(PanopticModel):
         semantic: Tensor,
         features: dict[str, Tensor],
         input_size: tuple[int, int],
+        image_size: tuple[int, int],
         s: InferenceSettings,
         *,
         drop_duplicates: bool,
         relation: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Instances + semantic logits [C, H, W] -> the assignment ``(instance, category)`` (int64
-        [H, W] each; ``instance`` indexes the kept instances) and the kept indices into ``instances``.
+        """Instances + semantic logits [C, h, w] on the merge's canvas -> the assignment ``(instance,
+        category)`` at ``image_size`` (int64 [H, W] each; ``instance`` indexes the kept instances)
+        and the kept indices into ``instances``.
 
         ``drop_duplicates``: the released same-class removal (detections); ``relation``: a given O
-        [N, N] instead of the module's."""
+        [N, N] instead of the module's. With ``s.released_pipeline`` the canvas is the input's and
+        the argmax maps are brought to the image before the relabelling and the stuff area limit."""
         height, width = semantic.shape[-2:]
         semantic_argmax = semantic.argmax(dim=0)
         everyone = torch.arange(len(instances.labels), device=self.device)
         if s.merge == "heuristic":
             order = torch.sort(instances.scores, descending=True, stable=True).indices
             instance, category = heuristic_assignment(instances.masks[order] > 0, semantic_argmax, self.labels, min_unoccupied=s.min_unoccupied)
+            if (height, width) != tuple(image_size):
+                instance, category = self._to_image(torch.stack([instance, category]), image_size).unbind(0)
             return instance, remove_small_stuff(instance, category, s.stuff_area), order
         kept = same_class_removal(instances.masks > 0, instances.labels, s.same_class_overlap) if drop_duplicates else everyone
         masks, labels, boxes = instances.masks[kept], instances.labels[kept], instances.boxes[kept]
@@ -463,19 +480,22 @@ class SOGNet(PanopticModel):
                 pairwise=s.pairwise_relation, support=support if s.removal_within_box else None,
                 relation=None if relation is None else relation.to(self.device)[kept][:, kept],
             )  # fmt: skip
+        crop = semantic_crop_support(boxes, height, width) if s.released_pipeline else box_support(boxes.float(), height, width)
         logits = self._panoptic_logits(
-            semantic, masks, labels, boxes, x2mask=s.x2mask, unknown=s.unknown_class,
+            semantic, masks, labels, crop, x2mask=s.x2mask, unknown=s.unknown_class,
             exclude_outside=support if s.exclude_outside_box else None,
         )  # fmt: skip
-        instance, category = panoptic_assignment(
-            logits,
-            semantic_argmax,
-            instances.contiguous[kept],
-            self.labels,
-            relabel_fraction=s.relabel_fraction,
-            has_unknown=s.unknown_class,
+        instance, category = winner_assignment(logits, len(kept), self.labels, has_unknown=s.unknown_class)
+        if (height, width) != tuple(image_size):
+            instance, category, semantic_argmax = self._to_image(torch.stack([instance, category, semantic_argmax]), image_size).unbind(0)
+        instance, category = relabel_instances(
+            instance, category, semantic_argmax, instances.contiguous[kept], self.labels, relabel_fraction=s.relabel_fraction
         )
         return instance, remove_small_stuff(instance, category, s.stuff_area), kept
+
+    def _to_image(self, maps: Tensor, image_size: tuple[int, int]) -> Tensor:
+        """int64 maps [K, h, w] of the input -> [K, H, W] of the image (the released nearest resize)."""
+        return nearest_to_image(maps, image_size, self.sizing.scale(*image_size))
 
     def predict_relations(self, image: ImageInput, boxes: Tensor, labels: Tensor) -> Tensor:
         """The overlap relation O of given instances (GT boxes and classes, for the metric).

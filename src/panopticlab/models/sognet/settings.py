@@ -32,9 +32,13 @@ class InputSizing:
     pixel_mean: tuple[float, float, float] = PIXEL_MEAN
     pixel_std: tuple[float, float, float] = PIXEL_STD
 
+    def scale(self, height: int, width: int) -> float:
+        """The resize factor of an image: short side to min_size unless the long side would exceed max_size."""
+        return min(self.min_size / min(height, width), self.max_size / max(height, width))
+
     def input_size(self, height: int, width: int) -> tuple[int, int]:
         """The network's input size for an image (sizes rounded to the nearest pixel)."""
-        scale = min(self.min_size / min(height, width), self.max_size / max(height, width))
+        scale = self.scale(height, width)
         return max(1, round(height * scale)), max(1, round(width * scale))
 
 
@@ -91,6 +95,8 @@ class InferenceSettings:
     removal_within_box: bool = False
     #: an instance's panoptic logit is -inf outside its box (else 0, the released head)
     exclude_outside_box: bool = False
+    #: the released test pipeline's canvas and pixel rules (``released_test.py``)
+    released_pipeline: bool = False
 
     @property
     def class_agnostic(self) -> bool:
@@ -138,5 +144,6 @@ def resolve_settings(config: SOGNetConfig) -> tuple[InputSizing, TrainingSetting
         min_unoccupied=config.heuristic_min_unoccupied,
         removal_within_box=config.removal_within_box,
         exclude_outside_box=config.test_outside_box == "excluded",
+        released_pipeline=config.test_pipeline == "released",
     )
     return sizing, training, inference
