@@ -229,3 +229,60 @@ def test_released_fpn_rpn_and_heads_compute_what_the_released_modules_compute(tm
         deconv = F.relu(F.conv_transpose2d(hidden, w["mask_branch.mask_deconv1.0.weight"], w["mask_branch.mask_deconv1.0.bias"], stride=2))
         got = heads.mask_predictor(heads.mask_head(x))
         torch.testing.assert_close(got, conv(deconv, "mask_branch.mask_score"), rtol=1e-4, atol=1e-4)
+
+
+def test_released_semantic_head_and_relation_compute_what_the_released_modules_compute(tmp_path):
+    """With converted weights: the released FCN head (fcn.py: the deformable subnet shared by
+    P2..P5, each DeformConvWithOffset's offsets from its own 3x3 conv, ReLU; P3..P5 upsampled x2/x4/x8
+    bilinearly, concatenated, 1x1 score, released class order) and the released relation head
+    (relation.py: U/V one-hot embeddings multiplied, W on the box position matrix with +1 widths,
+    P, R = sigmoid, O = relu(R - R^T), then mask - sum_j mask sigmoid(mask) sigmoid(mask_j) O_ij),
+    written out with F operations (the deformable convolution is torchvision's, shown equal to the
+    released kernel in test_detectron_boxes.py), against panopticlab's modules."""
+    from torchvision.ops import deform_conv2d
+
+    from panopticlab.models.sognet.overlap_removal import remove_overlaps
+
+    state = _released_checkpoint("sognet_r50_coco", tmp_path / "s.pth", seed=4)
+    w = {k: v * 10 if k.endswith("weight") and v.dim() > 1 else v for k, v in state.items()}
+    torch.save(w, tmp_path / "s.pth")
+    convert_released(tmp_path / "s.pth", ROOT / RELEASED["sognet_r50_coco"], tmp_path / "s.safetensors")
+    model = load_model(ROOT / RELEASED["sognet_r50_coco"], tmp_path / "s.safetensors")
+    generator = torch.Generator().manual_seed(1)
+    p = [torch.randn(1, 256, 16 // 2**i, 24 // 2**i, generator=generator) for i in range(4)]
+
+    def subnet(x):
+        for i in range(3):
+            name = f"fcn_head.fcn_subnet.conv.{i}.0"
+            offset = F.conv2d(x, w[f"{name}.conv_offset.weight"], w[f"{name}.conv_offset.bias"], padding=1)
+            x = F.relu(deform_conv2d(x, offset, w[f"{name}.conv.weight"], w[f"{name}.conv.bias"], padding=1))
+        return x
+
+    with torch.no_grad():
+        levels = [subnet(x) for x in p]
+        levels = [levels[0]] + [F.interpolate(y, None, 2 ** (i + 1), mode="bilinear", align_corners=False) for i, y in enumerate(levels[1:])]
+        released_score = F.conv2d(torch.cat(levels, 1), w["fcn_head.score.weight"], w["fcn_head.score.bias"])
+        ours, _ = model.semantic_head(p)
+        rows = semantic_order(model.labels.things, model.labels.stuff)
+        torch.testing.assert_close(ours, released_score[:, rows], rtol=1e-4, atol=1e-3)
+
+        # relation: three instances, released class indices 1..80 (= thing index + 1), inclusive boxes
+        things = torch.tensor([0, 16, 2])
+        inclusive = torch.tensor([[10.0, 12.0, 60.0, 70.0], [30.0, 20.0, 90.0, 55.0], [5.0, 40.0, 44.0, 99.0]])
+        onehot = F.one_hot(things, 80).float()
+        cls_relation = F.relu(onehot @ w["relation_head.U.0.weight"].T)[:, None, :] * F.relu(onehot @ w["relation_head.V.0.weight"].T)
+        bw, bh = inclusive[:, 2] - inclusive[:, 0] + 1, inclusive[:, 3] - inclusive[:, 1] + 1
+        cx, cy = inclusive[:, 0] + 0.5 * bw, inclusive[:, 1] + 0.5 * bh
+        position = torch.stack([-(cx[:, None] - cx) / bw[:, None], -(cy[:, None] - cy) / bh[:, None],
+                                torch.log(bw / bw[:, None]), torch.log(bh / bh[:, None])], dim=2)  # fmt: skip
+        box_feat = F.relu(F.conv2d(position.permute(2, 0, 1)[None], w["relation_head.W.0.weight"]))[0].permute(1, 2, 0)
+        feat = torch.cat([cls_relation, box_feat], dim=2)
+        r = torch.sigmoid(F.conv2d(feat.permute(2, 0, 1)[None], w["relation_head.P.0.weight"]))[0, 0]
+        released_o = F.relu(r - r.T)
+        masks = torch.randn(1, 3, 20, 30, generator=generator) * 3
+        s = torch.sigmoid(masks)
+        released_masks = masks - (((masks * s)[:, :, None] * s) * released_o[..., None, None]).sum(dim=2)
+        ours_o = model.relation(things, inclusive + torch.tensor([0.0, 0.0, 1.0, 1.0]))
+        torch.testing.assert_close(ours_o, released_o, rtol=1e-4, atol=1e-5)
+        assert (ours_o > 0.01).any()
+        torch.testing.assert_close(remove_overlaps(masks[0], ours_o), released_masks[0], rtol=1e-4, atol=1e-4)

@@ -148,8 +148,9 @@ def extract(repo: Path, folder: Path) -> None:
         tar.extractall(folder, filter="data")
 
 
-def released_state_dict(project: str, repo: Path, experiment: str) -> dict:
-    """Build the released network of ``project`` under ``experiment`` and describe its state dict."""
+def build_released_network(project: str, repo: Path, experiment: str) -> tuple[object, tempfile.TemporaryDirectory]:
+    """The released network of ``project`` under ``experiment``, built by the released code (see the
+    module docstring), and the scratch folder holding the code (keep it alive while the code runs)."""
     import yaml
 
     spec = PROJECTS[project]
@@ -169,7 +170,13 @@ def released_state_dict(project: str, repo: Path, experiment: str) -> dict:
     import torch
 
     torch.Tensor.cuda = lambda self, *args, **kwargs: self  # the released DeformConv makes its weight with .cuda()
-    network = getattr(importlib.import_module(module_name), builder)()
+    return getattr(importlib.import_module(module_name), builder)(), scratch
+
+
+def released_state_dict(project: str, repo: Path, experiment: str) -> dict:
+    """Build the released network of ``project`` under ``experiment`` and describe its state dict."""
+    network, _scratch = build_released_network(project, repo, experiment)
+    module_name, builder = PROJECTS[project]["builder"]
     state = network.state_dict()
     return {
         "project": project,
