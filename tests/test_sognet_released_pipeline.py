@@ -158,7 +158,7 @@ def test_released_pipeline_equals_the_released_merge():
         for parameter in model.detector.roi_heads.mask_predictor.parameters():
             parameter.normal_(0, 1.0)
         model.semantic_head.classifier.weight.normal_(0, 0.3)
-        model.semantic_head.classifier.bias[model.labels.things] += 1.0  # thing classes win some majorities
+        model.semantic_head.classifier.bias[model.labels.things] += 2.0  # thing classes win some majorities
     image = torch.rand(3, 50, 70) * 255
     scale = model.sizing.scale(50, 70)
     assert model.sizing.input_size(50, 70) == (40, 56)
@@ -194,3 +194,16 @@ def test_released_pipeline_equals_the_released_merge():
     assert len(pairs) == len({a for a, _ in pairs}) == len({b for _, b in pairs})
     assert ((ours_instance >= 0) == (pan_ins > 0)).all()
 
+
+
+def test_released_resize_rule():
+    """``prep_im_for_blob``: scale = 800 / short side, replaced by 1333 / long side only when the long
+    side would round above 1333; torchvision's rule takes the smaller of the two factors."""
+    from panopticlab.models.sognet.settings import InputSizing
+
+    released, torchvision_rule = InputSizing(800, 1333, released_resize=True), InputSizing(800, 1333)
+    # 600 x 1000: 1000 * 4/3 = 1333.33 rounds to 1333, so the released scale stays 4/3 (torchvision: 1.333)
+    assert released.scale(600, 1000) == 800 / 600 and torchvision_rule.scale(600, 1000) == 1333 / 1000
+    assert released.input_size(600, 1000) == torchvision_rule.input_size(600, 1000) == (800, 1333)
+    # 480 x 801: 801 * 5/3 = 1335 > 1333, both limit the long side
+    assert released.scale(480, 801) == torchvision_rule.scale(480, 801) == 1333 / 801

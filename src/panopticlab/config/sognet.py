@@ -145,9 +145,10 @@ class SOGNetConfig(Section):
 
     # -- inference (inference.py) --------------------------------------------------------------
     #: panopticlab: the merge at the image's own resolution, masks pasted and semantic logits cropped
-    #: by one continuous box rule; released: the released code's (on the resized input, boxes rounded
-    #: to pixels as MaskRemoval and SegTerm round them, the argmax maps brought to the image by
-    #: nearest resizing, then the relabelling and stuff area limit; models/sognet/released_test.py)
+    #: by one continuous box rule; released: the released code's (its resize rule, the merge on the
+    #: resized input, boxes rounded to pixels as MaskRemoval and SegTerm round them, the argmax maps
+    #: brought to the image by nearest resizing, then the relabelling and stuff area limit;
+    #: models/sognet/released_test.py)
     test_pipeline: Literal["panopticlab", "released"] = "panopticlab"
     #: the instances of every method: each (box, class) with probability > score_threshold, NMS at
     #: nms_threshold (class-agnostic for sognet / upsnet, per class for the heuristic merge, as

@@ -518,7 +518,7 @@ class SOGNet(PanopticModel):
             things = self.labels.thing_index(labels.to(self.device))
             if not (self.relation.appearance_channels or self.relation.pair_appearance_channels):
                 return self.relation(things, input_boxes).cpu()
-            images = self._preprocess([resize_image(image, (input_h, input_w))])
+            images = self._preprocess([self._resize(image)])
             features = self.detector.backbone(images.tensors)
             _, pooled = mask_head_outputs(self.detector, features, [input_boxes], [things + 1], images.image_sizes)
             return self._relation(things, input_boxes, pooled[0], (features, images.image_sizes[0])).cpu()
@@ -531,7 +531,7 @@ class SOGNet(PanopticModel):
 
     def _resize(self, image: Tensor) -> Tensor:
         """float [3, H, W] -> the network's input size (:meth:`~.settings.InputSizing.input_size`)."""
-        return resize_image(image, self.sizing.input_size(*image.shape[-2:]))
+        return resize_image(image, self.sizing.input_size(*image.shape[-2:]), antialias=not self.sizing.released_resize)
 
     def _preprocess(self, images: list[Tensor]) -> ImageList:
         """float [3, h, w] RGB 0..255 images at input size -> normalised (BGR first when the sizing

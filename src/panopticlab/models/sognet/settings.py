@@ -31,10 +31,17 @@ class InputSizing:
     bgr: bool = False
     pixel_mean: tuple[float, float, float] = PIXEL_MEAN
     pixel_std: tuple[float, float, float] = PIXEL_STD
+    #: the released code's resize (``prep_im_for_blob``): the long side limited only when it would
+    #: *round* above max_size, and bilinear without antialiasing (``cv2.resize``)
+    released_resize: bool = False
 
     def scale(self, height: int, width: int) -> float:
         """The resize factor of an image: short side to min_size unless the long side would exceed max_size."""
-        return min(self.min_size / min(height, width), self.max_size / max(height, width))
+        short, long = min(height, width), max(height, width)
+        if self.released_resize:
+            scale = self.min_size / short
+            return self.max_size / long if round(scale * long) > self.max_size else scale
+        return min(self.min_size / short, self.max_size / long)
 
     def input_size(self, height: int, width: int) -> tuple[int, int]:
         """The network's input size for an image (sizes rounded to the nearest pixel)."""
@@ -113,6 +120,7 @@ def resolve_settings(config: SOGNetConfig) -> tuple[InputSizing, TrainingSetting
         bgr=config.pixel_order == "bgr",
         pixel_mean=tuple(config.pixel_mean or PIXEL_MEAN),
         pixel_std=tuple(config.pixel_std or PIXEL_STD),
+        released_resize=config.test_pipeline == "released",
     )
     training = TrainingSettings(
         detector_loss_weight=config.detector_loss_weight,

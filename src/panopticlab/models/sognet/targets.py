@@ -43,11 +43,12 @@ from panopticlab.models.sognet.settings import InputSizing
 Item = dict[str, Any]
 
 
-def resize_image(image: Tensor, size: tuple[int, int]) -> Tensor:
-    """float [3, H, W] -> float [3, h, w], bilinear with antialiasing (as the training resize)."""
+def resize_image(image: Tensor, size: tuple[int, int], antialias: bool = True) -> Tensor:
+    """float [3, H, W] -> float [3, h, w], bilinear, with antialiasing when shrinking unless told not to
+    (the released code's ``cv2.resize``)."""
     if tuple(image.shape[-2:]) == tuple(size):
         return image
-    return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+    return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=antialias)[0]
 
 
 def pad_to(tensor: Tensor, height: int, width: int, value: float) -> Tensor:
