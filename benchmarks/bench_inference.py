@@ -6,6 +6,9 @@ Side by side in one process, the same random weights and input, warm runs on bot
 
 * ``folded``: BatchNorm folded into the convolutions (``panopticlab.models.norm.fold_batchnorm``);
 * ``folded_channels_last``: the same with channels_last weights and input (oneDNN's preferred layout);
+* ``frozen_onednn``: the network traced, frozen and optimised for inference by TorchScript
+  (``predict --frozen``, ``models/panoptic_deeplab/frozen.py``: BatchNorm folded, oneDNN convolutions
+  with pre-packed weights); its one-off trace happens in the warm-up;
 * ``onnxruntime``: the network exported by ``panopticlab export`` (BatchNorm folded by onnxruntime's
   graph optimiser), with the file's size.
 
@@ -14,8 +17,9 @@ End to end (image -> panoptic map and segments), eager ``predict`` against the T
 ``predict``'s.
 
 Each path's outputs are checked against the reference (largest difference relative to the output's
-largest magnitude). Reported: median seconds of ``--repeats`` after ``--warmup``, and the ratio to the
-reference (< 1: faster).
+largest magnitude). Reported: median seconds of ``--repeats`` rounds after ``--warmup`` (each round
+times every network path once, in turn, so that a drifting machine speed reaches all alike), and the
+ratio to the reference (< 1: faster).
 
     python benchmarks/bench_inference.py --size 512 1024 --threads 2 --output benchmarks/results/bench_inference.json
 """
@@ -33,18 +37,23 @@ import torch
 
 from panopticlab.fileio import write_json
 from panopticlab.models.norm import fold_batchnorm
+from panopticlab.models.panoptic_deeplab.frozen import FrozenNetwork
 from panopticlab.models.panoptic_deeplab.network import build_panoptic_deeplab
 
 
-def median_seconds(fn, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    seconds = []
+def interleaved_median_seconds(paths: dict, warmup: int, repeats: int) -> dict[str, float]:
+    """Median seconds of each path, timed in rounds (every path once per round, in turn), so that a
+    drift of the machine's speed during the run reaches every path alike."""
+    for fn in paths.values():
+        for _ in range(warmup):
+            fn()
+    seconds = {name: [] for name in paths}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds)
+        for name, fn in paths.items():
+            start = time.perf_counter()
+            fn()
+            seconds[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in seconds.items()}
 
 
 def largest_difference(expected: dict, got: dict) -> float:
@@ -66,8 +75,8 @@ def end_to_end(model, images: torch.Tensor, path: Path, args: argparse.Namespace
             return script(image)
 
     # TorchScript's profiling executor specialises the graph over its first two runs: warm it up longer
-    eager_seconds = median_seconds(lambda: model.predict(image), max(3, args.warmup), args.repeats)
-    script_seconds = median_seconds(scripted, max(3, args.warmup), args.repeats)
+    timed = interleaved_median_seconds({"eager": lambda: model.predict(image), "script": scripted}, max(3, args.warmup), args.repeats)
+    eager_seconds, script_seconds = timed["eager"], timed["script"]
     same = bool((scripted()[0].numpy() == model.predict(image)[0].id_map).all())
     print(f"{'predict (eager)':>22}: {eager_seconds:.3f} s\n{'torchscript file':>22}: {script_seconds:.3f} s", flush=True)
     return {
@@ -103,6 +112,7 @@ def main() -> None:
     fold_batchnorm(folded)
     channels_last = copy.deepcopy(folded).to(memory_format=torch.channels_last)
     images_cl = images.contiguous(memory_format=torch.channels_last)
+    frozen = FrozenNetwork(copy.deepcopy(reference))
 
     def run(network, x):
         with torch.no_grad():
@@ -113,6 +123,7 @@ def main() -> None:
         "reference_eager": lambda: run(reference, images),
         "folded": lambda: run(folded, images),
         "folded_channels_last": lambda: run(channels_last, images_cl),
+        "frozen_onednn": lambda: frozen.forward_heads(images),
     }
     rows, extra = {}, {}
     from panopticlab.config import Config, from_dict
@@ -131,9 +142,8 @@ def main() -> None:
         extra["onnx_file_mib"] = report.size_bytes / 2**20
         onnx_network = OnnxNetwork(onnx_path, threads=args.threads)
         paths["onnxruntime"] = lambda: onnx_network.forward_heads(images)
-    for name, fn in paths.items():
-        seconds = median_seconds(fn, args.warmup, args.repeats)
-        rows[name] = {"seconds": seconds, "max_relative_difference": largest_difference(expected, fn())}
+    for name, seconds in interleaved_median_seconds(paths, args.warmup, args.repeats).items():
+        rows[name] = {"seconds": seconds, "max_relative_difference": largest_difference(expected, paths[name]())}
         print(f"{name:>22}: {seconds:.3f} s", flush=True)
     for row in rows.values():
         row["ratio_to_reference"] = row["seconds"] / rows["reference_eager"]["seconds"]

@@ -131,3 +131,42 @@ def test_the_gpu_suite_runs_on_a_cpu_in_quick_mode(tmp_path):
     }
     assert all(r["median_s"] > 0 for r in rows)
     assert report["panoptic_deeplab_training"]["images_per_s"] > 0 and report["sognet_latency"]["median_s"] > 0
+
+
+def test_frozen_network_reproduces_the_eager_one(exported):
+    """``FrozenNetwork`` (traced, frozen, optimised for inference): the eager head outputs to float
+    rounding at two sizes and a batch (one graph each), and ``predict`` through it equal to eager's."""
+    from panopticlab.models.panoptic_deeplab.frozen import FrozenNetwork
+
+    model, _, _, _ = exported
+    frozen = FrozenNetwork(model.network)
+    for shape in [(1, 3, 64, 96), (2, 3, 96, 64), (1, 3, 64, 96)]:
+        images = torch.rand(*shape) * 255
+        with torch.no_grad():
+            expected = model.network.forward_heads(images)
+        got = frozen.forward_heads(images)
+        for name in ("sem_seg", "center", "offset"):
+            torch.testing.assert_close(got[name], expected[name], atol=1e-4 * max(1.0, float(expected[name].abs().max())), rtol=0)
+    assert len(frozen._graphs) == 2
+    images = torch.randint(0, 256, (2, 3, 64, 96), dtype=torch.uint8)
+    expected = model.predict(images)
+    frozen_model = build_model(from_dict(Config, {"model": PD_TINY}))
+    frozen_model.load_state_dict(model.state_dict())
+    frozen_model.network = FrozenNetwork(frozen_model.network)
+    for e, g in zip(expected, frozen_model.predict(images)):
+        np.testing.assert_array_equal(g.id_map, e.id_map)
+
+
+def test_cli_predict_frozen(exported, tmp_path, capsys):
+    _, config, weights, report = exported
+    image = tmp_path / "in" / "a.png"
+    image.parent.mkdir()
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 96, 3), dtype=np.uint8)).save(image)
+    for extra, folder in ((["--frozen"], "frozen"), ([], "eager")):
+        assert main(["predict", "--config", str(config), "--weights", str(weights), str(image), "--output", str(tmp_path / folder), *extra]) == 0
+    frozen, eager = (json.loads((tmp_path / f / "panoptic.json").read_text())["annotations"][0]["segments_info"] for f in ("frozen", "eager"))
+    assert [s["area"] for s in frozen] == [s["area"] for s in eager]
+    assert main(["predict", "--config", str(config), "--onnx", str(report.path), str(image), "--output", str(tmp_path / "x"), "--frozen"]) == 2
+    assert "--frozen applies to a Panoptic-DeepLab model run by PyTorch" in capsys.readouterr().err

@@ -390,6 +390,11 @@ def _add_predict(subparsers) -> None:
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_KEY=VALUE", help="image files or folders of images, and config overrides")
     p.add_argument("--output", required=True, type=Path, help="folder for the results")
     p.add_argument("--batch-size", type=int, default=None, help="images per batch (default test.batch_size)")
+    p.add_argument(
+        "--frozen", action="store_true",
+        help="Panoptic-DeepLab: run the network as frozen TorchScript optimised for inference (oneDNN on CPUs; "
+        "outputs equal to ~1e-6, one trace per image size)",
+    )  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace earlier results in --output")
 
 
@@ -412,6 +417,12 @@ def _run_predict(args: argparse.Namespace) -> int:
         model.network = OnnxNetwork(args.onnx)
     else:
         model = load_model(config, args.weights, device=resolve_device(config.device))
+    if args.frozen:
+        from panopticlab.models.panoptic_deeplab.frozen import FrozenNetwork
+
+        if args.onnx is not None or not hasattr(model, "network"):
+            raise InputError("--frozen applies to a Panoptic-DeepLab model run by PyTorch (not with --onnx)")
+        model.network = FrozenNetwork(model.network)
     batch_size = config.test.batch_size if args.batch_size is None else args.batch_size
     written = predict_files(
         model, images, args.output, batch_size=batch_size, overwrite=args.overwrite, progress=progress_bar
