@@ -393,7 +393,7 @@ def _add_predict(subparsers) -> None:
     p.add_argument(
         "--frozen", action="store_true",
         help="Panoptic-DeepLab: run the network as frozen TorchScript optimised for inference (oneDNN on CPUs; "
-        "outputs equal to ~1e-6, one trace per image size)",
+        "outputs equal up to float rounding; one trace per image size)",
     )  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace earlier results in --output")
 

@@ -466,7 +466,7 @@ class SOGNet(PanopticModel):
         if s.merge == "heuristic":
             order = torch.sort(instances.scores, descending=True, stable=True).indices
             instance, category = heuristic_assignment(instances.masks[order] > 0, semantic_argmax, self.labels, min_unoccupied=s.min_unoccupied)
-            if (height, width) != tuple(image_size):
+            if s.released_pipeline:
                 instance, category = self._to_image(torch.stack([instance, category]), image_size).unbind(0)
             return instance, remove_small_stuff(instance, category, s.stuff_area), order
         kept = same_class_removal(instances.masks > 0, instances.labels, s.same_class_overlap) if drop_duplicates else everyone
@@ -486,7 +486,7 @@ class SOGNet(PanopticModel):
             exclude_outside=support if s.exclude_outside_box else None,
         )  # fmt: skip
         instance, category = winner_assignment(logits, len(kept), self.labels, has_unknown=s.unknown_class)
-        if (height, width) != tuple(image_size):
+        if s.released_pipeline:
             instance, category, semantic_argmax = self._to_image(torch.stack([instance, category, semantic_argmax]), image_size).unbind(0)
         instance, category = relabel_instances(
             instance, category, semantic_argmax, instances.contiguous[kept], self.labels, relabel_fraction=s.relabel_fraction
