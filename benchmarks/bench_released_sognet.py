@@ -22,8 +22,8 @@ up to 100 instances) and the mask logits are biased +3 (non-empty, overlapping m
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,28 +35,15 @@ from panopticlab.models import load_model
 from panopticlab.models.sognet.released import convert_released
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the tests' random checkpoints of the released key lists
+from test_sognet_released import released_checkpoint  # noqa: E402
+
 RELEASED = {
     "sognet_r50_coco": ("configs/sognet/sognet_r50_coco_released.yaml", (800, 1333)),
     "upsnet_r50_coco": ("configs/sognet/upsnet_r50_coco_released.yaml", (800, 1333)),
     "upsnet_r50_cityscapes": ("configs/sognet/upsnet_r50_cityscapes_released.yaml", (1024, 2048)),
 }
 PANOPTICLAB_CONVENTIONS = ["model.sognet.box_convention=torchvision", "model.sognet.test_pipeline=panopticlab", "model.sognet.rpn_min_size=0.001"]
-
-
-def random_checkpoint(name: str, path: Path) -> int:
-    """Writes a checkpoint of the released key list ``name`` (random values); returns its parameter count."""
-    description = json.loads((ROOT / "tests" / "data" / "released_keys" / f"{name}.json").read_text())
-    generator = torch.Generator().manual_seed(0)
-    state, parameters = {}, 0
-    for key, spec in description["keys"].items():
-        if spec["dtype"] == "int64":
-            state[key] = torch.zeros(spec["shape"], dtype=torch.int64)
-            continue
-        tensor = torch.randn(spec["shape"], generator=generator) * 0.02
-        state[key] = tensor.abs() + 0.5 if key.endswith("running_var") else tensor
-        parameters += tensor.numel()
-    torch.save(state, path)
-    return parameters
 
 
 def time_predict(model, image: torch.Tensor, warmup: int, repeats: int) -> tuple[list[float], int]:
@@ -90,7 +77,8 @@ def main() -> None:
             quick = ["model.sognet.min_size=96", "model.sognet.max_size=128"] if args.quick else []
             size = (96, 128) if args.quick else size
             checkpoint, weights = Path(scratch) / f"{name}.pth", Path(scratch) / f"{name}.safetensors"
-            released_parameters = random_checkpoint(name, checkpoint)
+            state = released_checkpoint(name, checkpoint)
+            released_parameters = sum(v.numel() for v in state.values() if v.is_floating_point())
             convert_released(checkpoint, ROOT / config, weights)
             image = torch.randint(0, 256, (3, *size), generator=torch.Generator().manual_seed(0)).float()
             row = {"size": list(size), "released_parameters": released_parameters}

@@ -34,7 +34,7 @@ SMALL_INPUT = ["model.sognet.min_size=96", "model.sognet.max_size=128"]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _released_checkpoint(name: str, path: Path, seed: int = 0) -> dict[str, torch.Tensor]:
+def released_checkpoint(name: str, path: Path, seed: int = 0) -> dict[str, torch.Tensor]:
     """A checkpoint of the released network's keys and shapes, random values (variances positive)."""
     description = json.loads((KEYS / f"{name}.json").read_text())
     generator = torch.Generator().manual_seed(seed)
@@ -52,7 +52,7 @@ def _released_checkpoint(name: str, path: Path, seed: int = 0) -> dict[str, torc
 @pytest.mark.parametrize("name", sorted(RELEASED))
 def test_every_released_key_maps_and_the_model_runs(name, tmp_path):
     config = ROOT / RELEASED[name]
-    state = _released_checkpoint(name, tmp_path / f"{name}.pth")
+    state = released_checkpoint(name, tmp_path / f"{name}.pth")
     out = tmp_path / f"{name}.safetensors"
     summary = convert_released(tmp_path / f"{name}.pth", config, out)
     model = load_model(config, out, SMALL_INPUT)
@@ -76,7 +76,7 @@ def test_the_semantic_classes_are_reordered_as_the_released_data_orders_them(tmp
     coco = semantic_order(list(range(80)), list(range(80, 133)))
     assert coco[0] == 53 and coco[79] == 132 and coco[80] == 0 and coco[132] == 52  # person, toothbrush, banner, wall-other-merged
     assert semantic_order(list(range(11, 19)), list(range(11))) == list(range(19))
-    state = _released_checkpoint("sognet_r50_coco", tmp_path / "s.pth")
+    state = released_checkpoint("sognet_r50_coco", tmp_path / "s.pth")
     out = tmp_path / "s.safetensors"
     convert_released(tmp_path / "s.pth", ROOT / RELEASED["sognet_r50_coco"], out)
     model = load_model(ROOT / RELEASED["sognet_r50_coco"], out)
@@ -111,7 +111,7 @@ def test_released_key_names():
 
 def test_a_checkpoint_that_does_not_fit_is_refused_with_the_keys_named(tmp_path, capsys):
     config = ROOT / RELEASED["upsnet_r50_cityscapes"]
-    state = _released_checkpoint("upsnet_r50_cityscapes", tmp_path / "ok.pth")
+    state = released_checkpoint("upsnet_r50_cityscapes", tmp_path / "ok.pth")
     broken = {
         "extra": {**state, "rcnn.fc8.weight": torch.zeros(1)},
         "missing": {k: v for k, v in state.items() if k != "rpn.cls_score.bias"},
@@ -183,7 +183,7 @@ def test_released_fpn_rpn_and_heads_compute_what_the_released_modules_compute(tm
     and deltas), the box head (rcnn.py: fc6, fc7 with ReLU, scores and deltas) and the mask head
     (mask_conv1..4 3x3 + ReLU, 2x2 deconvolution + ReLU, 1x1 scores), written out here from the released
     code with F operations, against panopticlab's modules."""
-    state = _released_checkpoint("sognet_r50_coco", tmp_path / "s.pth", seed=3)
+    state = released_checkpoint("sognet_r50_coco", tmp_path / "s.pth", seed=3)
     w = {k: v * 10 if k.endswith("weight") and v.dim() > 1 else v for k, v in state.items()}  # larger signals
     torch.save(w, tmp_path / "s.pth")
     convert_released(tmp_path / "s.pth", ROOT / RELEASED["sognet_r50_coco"], tmp_path / "s.safetensors")
@@ -243,7 +243,7 @@ def test_released_semantic_head_and_relation_compute_what_the_released_modules_c
 
     from panopticlab.models.sognet.overlap_removal import remove_overlaps
 
-    state = _released_checkpoint("sognet_r50_coco", tmp_path / "s.pth", seed=4)
+    state = released_checkpoint("sognet_r50_coco", tmp_path / "s.pth", seed=4)
     w = {k: v * 10 if k.endswith("weight") and v.dim() > 1 else v for k, v in state.items()}
     torch.save(w, tmp_path / "s.pth")
     convert_released(tmp_path / "s.pth", ROOT / RELEASED["sognet_r50_coco"], tmp_path / "s.safetensors")

@@ -23,6 +23,7 @@ becomes the CPU. Everything else of those modules is the released code as it is.
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tempfile
@@ -38,6 +39,7 @@ from released_sognet_keys import build_released_network  # noqa: E402
 
 from panopticlab.fileio import write_json  # noqa: E402
 from panopticlab.models import load_model  # noqa: E402
+from panopticlab.models.sognet.overlap_removal import remove_overlaps  # noqa: E402
 from panopticlab.models.sognet.released import convert_released, semantic_order  # noqa: E402
 
 CASES = {
@@ -156,8 +158,6 @@ def compare(name: str, project: str, experiment: str, config: str, git_dir: Path
             boxes = inclusive[:3]
             new_mask, relation = network.relation_head(mask, torch.cat([torch.zeros(3, 1), boxes], dim=1), things + 1)
             ours_relation = model.relation(things, boxes + torch.tensor([0.0, 0.0, 1.0, 1.0]))
-            from panopticlab.models.sognet.overlap_removal import remove_overlaps
-
             modules["relation_head.O"] = largest_difference(ours_relation, relation)
             modules["relation_head.new_mask"] = largest_difference(remove_overlaps(mask[0], ours_relation), new_mask[0])
     report["largest_relative_difference"] = max(m["relative"] for m in modules.values())
@@ -187,8 +187,6 @@ def main() -> None:
             command = [sys.executable, __file__, "--sognet-git", str(args.sognet_git), "--upsnet-git", str(args.upsnet_git), "--cases", name,
                        "--seed", str(args.seed), "--report", str(Path(tempfile.gettempdir()) / f"released_check_{name}.json")]  # fmt: skip
             subprocess.run(command, check=True)
-            import json
-
             results[name] = json.loads((Path(tempfile.gettempdir()) / f"released_check_{name}.json").read_text())["results"][name]
         else:
             results[name] = compare(name, project, experiment, config, git_dir, args.seed)
