@@ -9,6 +9,11 @@ Side by side in one process, the same random weights and input, warm runs on bot
 * ``frozen_onednn``: the network traced, frozen and optimised for inference by TorchScript
   (``predict --frozen``, ``models/panoptic_deeplab/frozen.py``: BatchNorm folded, oneDNN convolutions
   with pre-packed weights); its one-off trace happens in the warm-up;
+* ``bf16_autocast`` (with ``--bf16``): the eager network under bfloat16 autocast, heads handed on
+  as float32 (``predict --bf16``, ``models/panoptic_deeplab/bf16.py``). Only where bf16 is native
+  (AVX512-BF16, AMX) do oneDNN's bf16 convolutions run; elsewhere PyTorch falls back to its slow
+  reference convolution (66x the fp32 time at 128x256 on this project's AVX2 machine), so it is
+  off by default;
 * ``onnxruntime``: the network exported by ``panopticlab export`` (BatchNorm folded by onnxruntime's
   graph optimiser), with the file's size.
 
@@ -17,7 +22,7 @@ End to end (image -> panoptic map and segments), eager ``predict`` against the T
 ``predict``'s.
 
 Each path's outputs are checked against the reference (largest difference relative to the output's
-largest magnitude). Reported: median seconds of ``--repeats`` rounds after ``--warmup`` (each round
+largest magnitude, and the share of pixels whose semantic argmax agrees). Reported: median seconds of ``--repeats`` rounds after ``--warmup`` (each round
 times every network path once, in turn, so that a drifting machine speed reaches all alike), and the
 ratio to the reference (< 1: faster).
 
@@ -36,7 +41,9 @@ from pathlib import Path
 import torch
 
 from panopticlab.fileio import write_json
+from panopticlab.engine.trainer import resolve_amp
 from panopticlab.models.norm import fold_batchnorm
+from panopticlab.models.panoptic_deeplab.bf16 import Bf16Network
 from panopticlab.models.panoptic_deeplab.frozen import FrozenNetwork
 from panopticlab.models.panoptic_deeplab.network import build_panoptic_deeplab
 
@@ -96,6 +103,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--bf16", action="store_true", help="also time the network under bf16 autocast")
     parser.add_argument("--no-onnx", action="store_true")
     parser.add_argument("--no-torchscript", action="store_true")
     parser.add_argument("--output", type=Path)
@@ -125,6 +133,9 @@ def main() -> None:
         "folded_channels_last": lambda: run(channels_last, images_cl),
         "frozen_onednn": lambda: frozen.forward_heads(images),
     }
+    if args.bf16:
+        bf16 = Bf16Network(copy.deepcopy(reference))
+        paths["bf16_autocast"] = lambda: bf16.forward_heads(images)
     rows, extra = {}, {}
     from panopticlab.config import Config, from_dict
     from panopticlab.models import build_model
@@ -143,7 +154,12 @@ def main() -> None:
         onnx_network = OnnxNetwork(onnx_path, threads=args.threads)
         paths["onnxruntime"] = lambda: onnx_network.forward_heads(images)
     for name, seconds in interleaved_median_seconds(paths, args.warmup, args.repeats).items():
-        rows[name] = {"seconds": seconds, "max_relative_difference": largest_difference(expected, paths[name]())}
+        got = paths[name]()
+        rows[name] = {
+            "seconds": seconds,
+            "max_relative_difference": largest_difference(expected, got),
+            "sem_seg_argmax_agreement": float((got["sem_seg"].argmax(1) == expected["sem_seg"].argmax(1)).float().mean()),
+        }
         print(f"{name:>22}: {seconds:.3f} s", flush=True)
     for row in rows.values():
         row["ratio_to_reference"] = row["seconds"] / rows["reference_eager"]["seconds"]
@@ -155,6 +171,7 @@ def main() -> None:
         "size": list(args.size),
         "threads": args.threads,
         "torch": torch.__version__,
+        "cpu_bf16_native": resolve_amp("auto", torch.device("cpu")) == "bf16",
         "results": rows,
         **extra,
     }

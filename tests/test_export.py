@@ -170,3 +170,57 @@ def test_cli_predict_frozen(exported, tmp_path, capsys):
     assert [s["area"] for s in frozen] == [s["area"] for s in eager]
     assert main(["predict", "--config", str(config), "--onnx", str(report.path), str(image), "--output", str(tmp_path / "x"), "--frozen"]) == 2
     assert "--frozen applies to a Panoptic-DeepLab model run by PyTorch" in capsys.readouterr().err
+
+
+def test_bf16_network_runs_the_convolutions_in_bf16_and_hands_on_float32(exported):
+    """``Bf16Network``: the convolutions see bfloat16, the heads come out float32 and within
+    bfloat16's rounding of fp32; ``predict`` through it gives nearly the same panoptic map."""
+    from panopticlab.models.panoptic_deeplab.bf16 import Bf16Network
+
+    model, _, _, _ = exported
+    seen = []
+    conv = next(m for m in model.network.modules() if isinstance(m, torch.nn.Conv2d))
+    hook = conv.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    images = torch.rand(2, 3, 64, 96) * 255
+    try:
+        got = Bf16Network(model.network).forward_heads(images)
+        with torch.no_grad():
+            expected = model.network.forward_heads(images)
+    finally:
+        hook.remove()
+    assert seen == [torch.bfloat16, torch.float32]
+    for name in ("sem_seg", "center", "offset"):
+        assert got[name].dtype == torch.float32
+        scale = float(expected[name].abs().max())
+        assert 0 < float((got[name] - expected[name]).abs().max()) < 0.05 * scale
+    uint8_images = torch.randint(0, 256, (2, 3, 64, 96), dtype=torch.uint8)
+    eager = model.predict(uint8_images)
+    bf16_model = build_model(from_dict(Config, {"model": PD_TINY}))
+    bf16_model.load_state_dict(model.state_dict())
+    bf16_model.network = Bf16Network(bf16_model.network)
+    for e, g in zip(eager, bf16_model.predict(uint8_images)):
+        assert np.mean(_category_map(g) == _category_map(e)) > 0.9 and (_category_map(g) > 0).any()
+
+
+def _category_map(result) -> np.ndarray:
+    """int [H, W]: each pixel's category id (0 = VOID), whatever its segment's id."""
+    lookup = np.zeros(int(result.id_map.max()) + 1, dtype=np.int64)
+    for segment in result.segments:
+        lookup[segment.id] = segment.category_id
+    return lookup[result.id_map]
+
+
+def test_cli_predict_bf16(exported, tmp_path, capsys):
+    _, config, weights, _ = exported
+    image = tmp_path / "in" / "a.png"
+    image.parent.mkdir()
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (64, 96, 3), dtype=np.uint8)).save(image)
+    base = ["predict", "--config", str(config), "--weights", str(weights), str(image)]
+    assert main([*base, "--output", str(tmp_path / "bf16"), "--bf16"]) == 0
+    segments = json.loads((tmp_path / "bf16" / "panoptic.json").read_text())["annotations"][0]["segments_info"]
+    assert sum(s["area"] for s in segments) > 0
+    assert main([*base, "--output", str(tmp_path / "x"), "--bf16", "--frozen"]) == 2
+    assert "--bf16 applies to a Panoptic-DeepLab model run by eager PyTorch" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

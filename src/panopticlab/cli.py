@@ -395,12 +395,18 @@ def _add_predict(subparsers) -> None:
         help="Panoptic-DeepLab: run the network as frozen TorchScript optimised for inference (oneDNN on CPUs; "
         "outputs equal up to float rounding; one trace per image size)",
     )  # fmt: skip
+    p.add_argument(
+        "--bf16", action="store_true",
+        help="Panoptic-DeepLab: run the network under bfloat16 autocast (heads handed on as float32; results "
+        "differ from fp32 by rounding; faster only where bf16 is native: recent GPUs, AVX512-BF16/AMX CPUs)",
+    )  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace earlier results in --output")
 
 
 def _run_predict(args: argparse.Namespace) -> int:
     from panopticlab.distributed import resolve_device
     from panopticlab.engine import predict_files
+    from panopticlab.engine.trainer import resolve_amp
     from panopticlab.models import load_model
     from panopticlab.progress import progress_bar
 
@@ -423,6 +429,18 @@ def _run_predict(args: argparse.Namespace) -> int:
         if args.onnx is not None or not hasattr(model, "network"):
             raise InputError("--frozen applies to a Panoptic-DeepLab model run by PyTorch (not with --onnx)")
         model.network = FrozenNetwork(model.network)
+    if args.bf16:
+        from panopticlab.models.panoptic_deeplab.bf16 import Bf16Network
+
+        if args.onnx is not None or args.frozen or not hasattr(model, "network"):
+            raise InputError("--bf16 applies to a Panoptic-DeepLab model run by eager PyTorch (not with --onnx or --frozen)")
+        model.network = Bf16Network(model.network)
+        device = resolve_device(config.device)
+        if device.type == "cpu" and resolve_amp("auto", device) != "bf16":
+            logging.getLogger(__name__).warning(
+                "--bf16: this CPU has no native bf16 (AVX512-BF16 or AMX); PyTorch's fallback convolutions "
+                "are tens of times slower than fp32 (66x at 128x256 on an AVX2 machine)"
+            )
     batch_size = config.test.batch_size if args.batch_size is None else args.batch_size
     written = predict_files(
         model, images, args.output, batch_size=batch_size, overwrite=args.overwrite, progress=progress_bar
