@@ -11,7 +11,7 @@ overlapping pairs and direction accuracy, with ground-truth boxes and classes).
 
 Run it on a quiet machine: the budget is wall-clock time, so a loaded machine trains fewer
 iterations (they are in the output). ``--test-overrides`` evaluates again with other inference
-settings (no retraining). ``--score-thresholds`` chooses the instance score threshold on the
+settings (no retraining); ``--train-overrides`` changes the recipe of every method. ``--score-thresholds`` chooses the instance score threshold on the
 tuning split (its own seed, never the validation images) by PQ, and tests with it.
 
     python benchmarks/compare_sognet_shapes.py --minutes 20 --threads 2
@@ -57,6 +57,7 @@ def run_method(method: str, args: argparse.Namespace) -> dict:
         f"output_dir={out}",
         f"seed={args.seed}",
         "solver.checkpoint_period=100000",  # only the final weights
+        *args.train_overrides,
     ]
     config = load_config(Config, args.config, overrides)
     start = time.perf_counter()
@@ -100,6 +101,7 @@ def main() -> None:
     parser.add_argument("--val-images", type=int, default=100)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-overrides", nargs="*", default=[], metavar="KEY=VALUE", help="config values of every method's run")
     parser.add_argument("--test-overrides", nargs="*", default=[], metavar="KEY=VALUE")
     parser.add_argument("--output", type=Path, default=Path("outputs/compare_sognet_shapes"))
     args = parser.parse_args()
@@ -112,6 +114,7 @@ def main() -> None:
         "torch": torch.__version__,
         "load_average_at_start": os.getloadavg()[0],
         "data": {"root": str(args.data), "train": args.train_images, "val": args.val_images, "overlap": args.overlap},
+        "train_overrides": args.train_overrides,
         "test_overrides": args.test_overrides,
         "rows": [],
     }
