@@ -22,9 +22,9 @@ End to end (image -> panoptic map and segments), eager ``predict`` against the T
 ``predict``'s.
 
 Each path's outputs are checked against the reference (largest difference relative to the output's
-largest magnitude, and the share of pixels whose semantic argmax agrees). Reported: median seconds of ``--repeats`` rounds after ``--warmup`` (each round
-times every network path once, in turn, so that a drifting machine speed reaches all alike), and the
-ratio to the reference (< 1: faster).
+largest magnitude, and the share of pixels whose semantic argmax agrees). Reported: median seconds
+of ``--repeats`` rounds after ``--warmup`` (each round times every network path once, in turn, so
+that a drifting machine speed reaches all alike), and the ratio to the reference (< 1: faster).
 
     python benchmarks/bench_inference.py --size 512 1024 --threads 2 --output benchmarks/results/bench_inference.json
 """
@@ -40,8 +40,8 @@ from pathlib import Path
 
 import torch
 
-from panopticlab.fileio import write_json
 from panopticlab.engine.trainer import resolve_amp
+from panopticlab.fileio import write_json
 from panopticlab.models.norm import fold_batchnorm
 from panopticlab.models.panoptic_deeplab.bf16 import Bf16Network
 from panopticlab.models.panoptic_deeplab.frozen import FrozenNetwork

@@ -11,8 +11,9 @@ overlapping pairs and direction accuracy, with ground-truth boxes and classes).
 
 Run it on a quiet machine: the budget is wall-clock time, so a loaded machine trains fewer
 iterations (they are in the output). ``--test-overrides`` evaluates again with other inference
-settings (no retraining); ``--train-overrides`` changes the recipe of every method. ``--score-thresholds`` chooses the instance score threshold on the
-tuning split (its own seed, never the validation images) by PQ, and tests with it.
+settings (no retraining); ``--train-overrides`` changes the recipe of every method.
+``--score-thresholds`` chooses the instance score threshold on the tuning split (its own seed,
+never the validation images) by PQ, and tests with it.
 
     python benchmarks/compare_sognet_shapes.py --minutes 20 --threads 2
     python benchmarks/compare_sognet_shapes.py --minutes 1 --train-images 40 --val-images 10   # smoke

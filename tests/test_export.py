@@ -222,5 +222,5 @@ def test_cli_predict_bf16(exported, tmp_path, capsys):
     segments = json.loads((tmp_path / "bf16" / "panoptic.json").read_text())["annotations"][0]["segments_info"]
     assert sum(s["area"] for s in segments) > 0
     assert main([*base, "--output", str(tmp_path / "x"), "--bf16", "--frozen"]) == 2
-    assert "--bf16 applies to a Panoptic-DeepLab model run by eager PyTorch" in capsys.readouterr().err
+    assert "--frozen and --bf16 exclude each other" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

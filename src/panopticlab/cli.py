@@ -423,17 +423,19 @@ def _run_predict(args: argparse.Namespace) -> int:
         model.network = OnnxNetwork(args.onnx)
     else:
         model = load_model(config, args.weights, device=resolve_device(config.device))
+    if args.frozen or args.bf16:
+        flag = "--frozen" if args.frozen else "--bf16"
+        if args.onnx is not None or not hasattr(model, "network"):
+            raise InputError(f"{flag} applies to a Panoptic-DeepLab model run by PyTorch (not with --onnx)")
+        if args.frozen and args.bf16:
+            raise InputError("--frozen and --bf16 exclude each other (the frozen graph runs in fp32)")
     if args.frozen:
         from panopticlab.models.panoptic_deeplab.frozen import FrozenNetwork
 
-        if args.onnx is not None or not hasattr(model, "network"):
-            raise InputError("--frozen applies to a Panoptic-DeepLab model run by PyTorch (not with --onnx)")
         model.network = FrozenNetwork(model.network)
     if args.bf16:
         from panopticlab.models.panoptic_deeplab.bf16 import Bf16Network
 
-        if args.onnx is not None or args.frozen or not hasattr(model, "network"):
-            raise InputError("--bf16 applies to a Panoptic-DeepLab model run by eager PyTorch (not with --onnx or --frozen)")
         model.network = Bf16Network(model.network)
         device = resolve_device(config.device)
         if device.type == "cpu" and resolve_amp("auto", device) != "bf16":

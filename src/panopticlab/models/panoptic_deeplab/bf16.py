@@ -6,8 +6,8 @@ grouping (offsets of up to hundreds of pixels) is not done in bfloat16. Results 
 fp32: at bfloat16's rounding a few pixels on class borders change class, and a centre may move
 (``benchmarks/bench_inference.py --bf16`` reports how many pixels agree). It pays only where
 the device computes bfloat16 natively (GPUs since Ampere, CPUs with AVX512-BF16 or AMX); on other
-CPUs PyTorch falls back to its reference convolution, 66x slower than fp32 at 128x256 on an AVX2 machine
-(``benchmarks/results/bench_inference_bf16_128x256.json``).
+CPUs PyTorch falls back to its reference convolution, 66x slower than fp32 at 128x256 on an
+AVX2 machine (``benchmarks/results/bench_inference_bf16_128x256.json``).
 """
 
 from __future__ import annotations
