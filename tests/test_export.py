@@ -150,10 +150,7 @@ def test_frozen_network_reproduces_the_eager_one(exported):
     assert len(frozen._graphs) == 2
     images = torch.randint(0, 256, (2, 3, 64, 96), dtype=torch.uint8)
     expected = model.predict(images)
-    frozen_model = build_model(from_dict(Config, {"model": PD_TINY}))
-    frozen_model.load_state_dict(model.state_dict())
-    frozen_model.network = FrozenNetwork(frozen_model.network)
-    for e, g in zip(expected, frozen_model.predict(images)):
+    for e, g in zip(expected, _with_network(model, FrozenNetwork).predict(images)):
         np.testing.assert_array_equal(g.id_map, e.id_map)
 
 
@@ -195,11 +192,16 @@ def test_bf16_network_runs_the_convolutions_in_bf16_and_hands_on_float32(exporte
         assert 0 < float((got[name] - expected[name]).abs().max()) < 0.05 * scale
     uint8_images = torch.randint(0, 256, (2, 3, 64, 96), dtype=torch.uint8)
     eager = model.predict(uint8_images)
-    bf16_model = build_model(from_dict(Config, {"model": PD_TINY}))
-    bf16_model.load_state_dict(model.state_dict())
-    bf16_model.network = Bf16Network(bf16_model.network)
-    for e, g in zip(eager, bf16_model.predict(uint8_images)):
+    for e, g in zip(eager, _with_network(model, Bf16Network).predict(uint8_images)):
         assert np.mean(_category_map(g) == _category_map(e)) > 0.9 and (_category_map(g) > 0).any()
+
+
+def _with_network(model, wrapper):
+    """A copy of the tiny ``model`` whose network is ``wrapper(network)`` (frozen, bf16)."""
+    copy = build_model(from_dict(Config, {"model": PD_TINY}))
+    copy.load_state_dict(model.state_dict())
+    copy.network = wrapper(copy.network)
+    return copy
 
 
 def _category_map(result) -> np.ndarray:
