@@ -13,7 +13,7 @@ the same network, optimiser and seconds:
 The gap between the two curves is the cost of finding the outline among the textures' and the
 stuff's own edges. Run alone on the machine (the budget is wall-clock time):
 
-    python benchmarks/shape_learnability.py --seconds 300 --output benchmarks/results/demo/shape_learnability.json
+    python benchmarks/shape_learnability.py --seconds 180 --output benchmarks/results/demo/shape_learnability.json
 """
 
 from __future__ import annotations
@@ -107,6 +107,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=300.0, help="training seconds per input kind")
     parser.add_argument("--eval-every", type=float, default=30.0)
+    parser.add_argument("--kinds", nargs="+", choices=("rgb", "silhouette"), default=["rgb", "silhouette"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
@@ -114,7 +115,9 @@ def main() -> None:
     rgb_train, sil_train, y_train = thing_crops(0, 400)  # the demo's splits: train seed 0, val seed 1
     rgb_val, sil_val, y_val = thing_crops(1, 100)
     results = {}
-    for kind, x_train, x_val in (("rgb", rgb_train, rgb_val), ("silhouette", sil_train, sil_val)):
+    inputs = {"rgb": (rgb_train, rgb_val), "silhouette": (sil_train, sil_val)}
+    for kind in args.kinds:
+        x_train, x_val = inputs[kind]
         print(kind, flush=True)
         results[kind] = train_for(x_train, y_train, x_val, y_val, args.seconds, args.eval_every, seed=0)
     report = {
