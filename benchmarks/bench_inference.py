@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from panopticlab.engine.trainer import resolve_amp
+from panopticlab.distributed import native_bf16
 from panopticlab.fileio import write_json
 from panopticlab.models.norm import fold_batchnorm
 from panopticlab.models.panoptic_deeplab.bf16 import Bf16Network
@@ -171,7 +171,7 @@ def main() -> None:
         "size": list(args.size),
         "threads": args.threads,
         "torch": torch.__version__,
-        "cpu_bf16_native": resolve_amp("auto", torch.device("cpu")) == "bf16",
+        "cpu_bf16_native": native_bf16(torch.device("cpu")),
         "results": rows,
         **extra,
     }

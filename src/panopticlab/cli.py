@@ -404,9 +404,8 @@ def _add_predict(subparsers) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from panopticlab.distributed import resolve_device
+    from panopticlab.distributed import native_bf16, resolve_device
     from panopticlab.engine import predict_files
-    from panopticlab.engine.trainer import resolve_amp
     from panopticlab.models import load_model
     from panopticlab.progress import progress_bar
 
@@ -422,7 +421,8 @@ def _run_predict(args: argparse.Namespace) -> int:
             raise InputError(f"{args.onnx}: --onnx runs Panoptic-DeepLab exports only, and {args.config} is not one")
         model.network = OnnxNetwork(args.onnx)
     else:
-        model = load_model(config, args.weights, device=resolve_device(config.device))
+        device = resolve_device(config.device)
+        model = load_model(config, args.weights, device=device)
     if args.frozen or args.bf16:
         flag = "--frozen" if args.frozen else "--bf16"
         if args.onnx is not None or not hasattr(model, "network"):
@@ -437,11 +437,10 @@ def _run_predict(args: argparse.Namespace) -> int:
         from panopticlab.models.panoptic_deeplab.bf16 import Bf16Network
 
         model.network = Bf16Network(model.network)
-        device = resolve_device(config.device)
-        if device.type == "cpu" and resolve_amp("auto", device) != "bf16":
+        if not native_bf16(device):
             logging.getLogger(__name__).warning(
-                "--bf16: this CPU has no native bf16 (AVX512-BF16 or AMX); PyTorch's fallback convolutions "
-                "are tens of times slower than fp32 (66x at 128x256 on an AVX2 machine)"
+                f"--bf16: {device} has no native bf16 (a CPU needs AVX512-BF16 or AMX); PyTorch's fallback "
+                "convolutions are tens of times slower than fp32 (66x at 128x256 on an AVX2 CPU)"
             )
     batch_size = config.test.batch_size if args.batch_size is None else args.batch_size
     written = predict_files(

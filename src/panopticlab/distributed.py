@@ -53,6 +53,16 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 natively: a GPU that supports it, or a CPU with
+    AVX512-BF16 or AMX (elsewhere PyTorch's CPU bf16 convolutions fall back to a slow kernel)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return any(getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return False
+
+
 def setup(device_name: str) -> Process:
     """Join torchrun's process group when launched by it (or use an existing one); pick the device."""
     owns = False

@@ -363,12 +363,7 @@ def resolve_amp(amp: str, device: torch.device) -> str:
     """``solver.amp`` with ``auto`` decided for ``device``: bf16 where it is computed natively, else off."""
     if amp != "auto":
         return amp
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "off"
-    if device.type == "cpu":
-        native = [getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-        return "bf16" if any(native) else "off"
-    return "off"
+    return "bf16" if distributed.native_bf16(device) else "off"
 
 
 def _autocast(amp: str, device: torch.device) -> Callable[[], Any]:
