@@ -68,7 +68,7 @@ def test_demo_trains_evaluates_and_reports_and_reuses_its_data(tmp_path, capsys)
     assert metrics["iterations"] >= 1 and {"PQ", "PQ_th", "PQ_st", "SQ", "RQ", "mIoU"} <= set(metrics)
     assert metrics["train_minutes"] >= 0.02 and metrics["device"] == "cpu"
     report = (out / "report.md").read_text()
-    assert "| All |" in report and "pictures/000001.png" in report and "| circle | thing |" in report
+    assert "| All |" in report and "| Things, any class |" in report and "pictures/000001.png" in report and "| circle | thing |" in report
     page = (out / "report.html").read_text()
     assert page.startswith("<!DOCTYPE html>") and 'src="thing_confusion.png"' in page and "<td>circle</td>" in page
     pictures = sorted((out / "pictures").glob("*.png"))

@@ -62,7 +62,10 @@ def test_test_writes_coco_panoptic_predictions_and_scores(trained, tmp_path, cap
     assert "Panoptic quality" in printed and "mIoU" in printed and "AP" in printed
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_images"] == 2
-    assert set(metrics["summary"]) == {"PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st", "mIoU", "AP"}
+    assert set(metrics["summary"]) == {
+        "PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st", "mIoU", "AP",
+        "PQ_th_agnostic", "SQ_th_agnostic", "RQ_th_agnostic",
+    }
     predictions = json.loads((out / "predictions" / "panoptic.json").read_text())
     assert len(predictions["annotations"]) == 2 and len(predictions["images"]) == 2
     for ann in predictions["annotations"]:

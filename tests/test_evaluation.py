@@ -13,10 +13,12 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
+from rich.console import Console
 
 from panopticlab.errors import InputError
 from panopticlab.data.coco_panoptic import read_panoptic_png
 from panopticlab.evaluation import PanopticEvaluator, evaluate_files, pq_compute
+from panopticlab.evaluation.report import summarize, summary_table
 from panopticlab.fileio import write_json
 from panopticlab.structures import id2rgb
 
@@ -79,6 +81,7 @@ def score(
     from_files = evaluate_files(gt_json, pred_json, workers=1, check_gt=check_gt).evaluate()
     np.testing.assert_equal(from_files["panoptic"], in_memory["panoptic"])
     np.testing.assert_equal(from_files["semantic"], in_memory["semantic"])
+    np.testing.assert_equal(from_files["things_class_agnostic"], in_memory["things_class_agnostic"])
     return in_memory
 
 
@@ -190,6 +193,57 @@ def test_categories_must_be_equal_to_match(tmp_path):
         tmp_path, gt, gt_segments(gt, {STUFF_A: STUFF_A, 1001: THING_A}), pred, pred_segments({5: STUFF_A, 7: THING_B})
     )
     assert_scores(res["panoptic"]["All"], 1 / 3, 1 / 3, 1 / 3, 3)
+
+
+def test_class_agnostic_things_match_whatever_the_class(tmp_path):
+    # thingA (16 px) predicted as thingB over 12 of its pixels; thingB (9 px) predicted right.
+    # Per class: thingA FN; thingB TP (IoU 1) and FP. Any class: 2 TP, IoU 1 and 12/16.
+    gt = background(STUFF_A)
+    gt[0:4, 0:4] = 1001
+    gt[6:9, 6:9] = 1002
+    pred = background(5)
+    pred[0:3, 0:4] = 7
+    pred[6:9, 6:9] = 8
+    res = score(
+        tmp_path,
+        gt,
+        gt_segments(gt, {STUFF_A: STUFF_A, 1001: THING_A, 1002: THING_B}),
+        pred,
+        pred_segments({5: STUFF_A, 7: THING_B, 8: THING_B}),
+    )
+    thing_b = res["panoptic"]["per_class"][THING_B]
+    assert thing_b["rq"] == pytest.approx(1 / (1 + 0.5), abs=1e-15) and res["panoptic"]["per_class"][THING_A]["pq"] == 0
+    agnostic = res["things_class_agnostic"]
+    assert (agnostic["tp"], agnostic["fp"], agnostic["fn"]) == (2, 0, 0)
+    assert agnostic["pq"] == pytest.approx((1 + 12 / 16) / 2, abs=1e-15)
+    assert agnostic["sq"] == pytest.approx((1 + 12 / 16) / 2, abs=1e-15) and agnostic["rq"] == 1.0
+    # a wrong class costs nothing here, a missed or split thing still does
+    assert res["panoptic"]["Things"]["pq"] < agnostic["pq"]
+    assert summarize(res)["PQ_th_agnostic"] == pytest.approx(100 * agnostic["pq"])
+    console = Console(record=True, width=100)
+    console.print(summary_table(res))
+    assert "│ Things, any class │ 87.5 │ 87.5 │ 100.0 │ 1 │" in console.export_text()
+
+
+def test_class_agnostic_things_take_a_crowd_of_any_thing_class_and_nan_without_things(tmp_path):
+    # thingB predicted on a thingA crowd: an FP per class, excused when any thing is any thing.
+    gt = background(STUFF_A)
+    gt[0:5, 0:6] = THING_A
+    pred = background(5)
+    pred[0:4, 0:4] = 7
+    res = score(
+        tmp_path,
+        gt,
+        gt_segments(gt, {STUFF_A: STUFF_A, THING_A: THING_A}, crowd=(THING_A,)),
+        pred,
+        pred_segments({5: STUFF_A, 7: THING_B}),
+    )
+    assert res["categories"][1]["fp"] == 1
+    agnostic = res["things_class_agnostic"]
+    assert (agnostic["tp"], agnostic["fp"], agnostic["fn"]) == (0, 0, 0) and math.isnan(agnostic["pq"])
+    stuff_only = PanopticEvaluator([c for c in CATEGORIES if not c["isthing"]])
+    stuff_only.add((background(STUFF_A), gt_segments(background(STUFF_A), {STUFF_A: STUFF_A})), (background(5), pred_segments({5: STUFF_A})))
+    assert math.isnan(stuff_only.evaluate()["things_class_agnostic"]["pq"])
 
 
 def test_crowd_is_never_a_false_negative_and_absorbs_same_category_predictions(tmp_path):

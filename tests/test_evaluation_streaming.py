@@ -58,6 +58,8 @@ def test_state_dicts_merge_to_the_same_counts():
     assert_close(a["panoptic"], b["panoptic"])
     assert [c["tp"] for c in a["categories"]] == [c["tp"] for c in b["categories"]]
     np.testing.assert_equal(a["semantic"], b["semantic"])
+    assert a["things_class_agnostic"] == pytest.approx(b["things_class_agnostic"], abs=1e-12)
+    assert a["things_class_agnostic"]["tp"] > 0
     assert sorted(im["image_id"] for im in a["images"]) == list(range(len(PAIRS)))
     whole.reset()
     assert whole.evaluate()["num_images"] == 0

@@ -132,10 +132,13 @@ def _pct(value: float | None) -> str:
 
 
 def _tables(metrics: dict[str, Any], results: dict[str, Any]) -> tuple[list[list[str]], list[list[str]]]:
-    """The summary table and the per-class table, as rows of cells (first row: the header)."""
+    """The summary table and the per-class table, as rows of cells (first row: the header). The
+    summary's "Things, any class" row: the things matched whatever their class (what the shape
+    classes cost is its gap to "Things")."""
     summary = [["", "PQ", "SQ", "RQ"]] + [
         [name, f"{metrics[f'PQ{s}']:.1f}", f"{metrics[f'SQ{s}']:.1f}", f"{metrics[f'RQ{s}']:.1f}"]
-        for name, s in (("All", ""), ("Things", "_th"), ("Stuff", "_st"))
+        for name, s in (("All", ""), ("Things", "_th"), ("Stuff", "_st"), ("Things, any class", "_th_agnostic"))
+        if f"PQ{s}" in metrics
     ]
     per_class = [["class", "kind", "PQ", "SQ", "RQ", "TP", "FP", "FN", "IoU"]]
     for c in results["categories"]:

@@ -22,7 +22,7 @@ from panopticlab.errors import InputError
 from panopticlab.evaluation.categories import CategoryTable, as_categories
 from panopticlab.evaluation.instance import InstanceAP, InstanceData, encode_id_map, encode_mask
 from panopticlab.evaluation.pairs import pair_histogram
-from panopticlab.evaluation.pq import ImageMatch, PQCounts, category_scores, match_image, summarize_pq
+from panopticlab.evaluation.pq import ImageMatch, PQCounts, category_scores, match_image, summarize_pq, things_as_one
 from panopticlab.evaluation.segments import SegmentTable, segment_table
 from panopticlab.evaluation.semantic import ConfusionMatrix
 from panopticlab.structures import PanopticResult
@@ -75,6 +75,9 @@ def evaluate_image(
     except ValueError as e:
         raise InputError(f"{where}: {e}") from None
     match = match_image(hist, gt_table, pred_table, categories, image_id=image_id, check_gt=check_gt, where=where)
+    if categories.isthing.any():
+        merged_gt, merged_pred = things_as_one(gt_table, categories), things_as_one(pred_table, categories)
+        match.things_as_one = match_image(hist, merged_gt, merged_pred, categories, image_id=image_id, check_gt=False, where=where)
     if compute_ap:
         match.instances = _instance_data(gt_map, gt_table, pred_map, pred_table, categories, detections, where)
     return match
@@ -167,6 +170,7 @@ class PanopticEvaluator:
         """Forget everything processed so far."""
         c = len(self.categories)
         self.counts = PQCounts(c)
+        self.counts_things_as_one = PQCounts(c)  # only the first thing category's entries are read
         self.confusion = ConfusionMatrix(c)
         self.instances = InstanceAP(self.categories)
         self.images: list[dict[str, Any]] = []
@@ -216,6 +220,8 @@ class PanopticEvaluator:
     def add_match(self, match: ImageMatch) -> None:
         """Add an image matched elsewhere (e.g. in a worker process)."""
         self.counts.add(match)
+        if match.things_as_one is not None:
+            self.counts_things_as_one.add(match.things_as_one)
         self.confusion.add(*match.semantic)
         if match.instances is not None:
             self.instances.add(match.instances)
@@ -230,6 +236,7 @@ class PanopticEvaluator:
             "fp": self.counts.fp,
             "fn": self.counts.fn,
             "iou": self.counts.iou,
+            "things_as_one": [getattr(self.counts_things_as_one, k) for k in ("tp", "fp", "fn", "iou")],
             "confusion": self.confusion.matrix,
             "images": self.images,
             "instances": self.instances.images,
@@ -243,6 +250,8 @@ class PanopticEvaluator:
         self.counts.fp += state["fp"]
         self.counts.fn += state["fn"]
         self.counts.iou += state["iou"]
+        for key, part in zip(("tp", "fp", "fn", "iou"), state["things_as_one"]):
+            getattr(self.counts_things_as_one, key)[:] += part
         self.confusion.matrix += state["confusion"]
         self.images.extend(state["images"])
         self.instances.images.extend(state["instances"])
@@ -268,8 +277,10 @@ class PanopticEvaluator:
             ``instance`` (with ``compute_ap``): ``AP, AP50, AP75, APs, APm, APl, per_class``;
             ``categories``: per category id, name, isthing, TP/FP/FN, IoU sum, PQ/SQ/RQ and
             semantic IoU; ``images``: per image TP/FP/FN and PQ; ``worst_images``: the
-            ``worst`` images of lowest PQ; ``num_images``. Scores lie in [0, 1]; NaN where
-            undefined (no category to average).
+            ``worst`` images of lowest PQ; ``num_images``; ``things_class_agnostic``: ``pq, sq,
+            rq, tp, fp, fn`` of the things matched whatever their class
+            (:func:`.pq.things_as_one`). Scores lie in [0, 1]; NaN where undefined (no
+            category to average).
         """
         source = self._gathered()
         cats = self.categories
@@ -297,10 +308,23 @@ class PanopticEvaluator:
             "categories": per_category,
             "images": source.images,
             "worst_images": ranked[:worst],
+            "things_class_agnostic": _class_agnostic_things(source.counts_things_as_one, cats),
         }
         if self.compute_ap:
             results["instance"] = source.instances.summarize()
         return results
+
+
+def _class_agnostic_things(counts: PQCounts, categories: CategoryTable) -> dict[str, Any]:
+    """PQ/SQ/RQ (in [0, 1]) and TP/FP/FN of the things matched whatever their class; NaN
+    scores where there are no thing categories or no thing segments at all."""
+    things = np.flatnonzero(categories.isthing)
+    iou, tp, fp, fn = (0.0, 0, 0, 0)
+    if len(things):
+        k = things[0]
+        iou, tp, fp, fn = float(counts.iou[k]), int(counts.tp[k]), int(counts.fp[k]), int(counts.fn[k])
+    scores = category_scores(iou, tp, fp, fn) if tp + fp + fn else {"pq": math.nan, "sq": math.nan, "rq": math.nan}
+    return {**scores, "tp": tp, "fp": fp, "fn": fn}
 
 
 def _unpack(item: Any, *, where: str) -> tuple[np.ndarray, list[Any]]:

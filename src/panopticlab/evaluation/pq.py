@@ -20,7 +20,7 @@ Rules (panopticapi ``pq_compute``; ``docs/evaluation.md`` has a worked example o
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -48,6 +48,8 @@ class ImageMatch:
         tp_ids: int64 [TP, 2], the (ground-truth id, predicted id) of each match.
         fp_ids: int64 [FP], the predicted id of each false positive.
         fn_ids: int64 [FN], the ground-truth id of each false negative.
+        things_as_one: the same image matched with every thing category taken as the first
+            one (:func:`things_as_one`), for the class-agnostic thing PQ; None where not computed.
     """
 
     image_id: Any
@@ -60,6 +62,7 @@ class ImageMatch:
     tp_ids: np.ndarray | None = None
     fp_ids: np.ndarray | None = None
     fn_ids: np.ndarray | None = None
+    things_as_one: "ImageMatch | None" = None
 
 
 def _lookup(sorted_ids: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -159,6 +162,23 @@ def match_image(
         fp_ids=pred.ids[fp].astype(np.int64),
         fn_ids=gt.ids[fn].astype(np.int64),
     )
+
+
+def things_as_one(table: SegmentTable, categories: CategoryTable) -> SegmentTable:
+    """``table`` with every thing category index replaced by the first thing category's.
+
+    Matched with :func:`match_image`, any predicted thing then matches any ground-truth thing at
+    IoU > 0.5 whatever their classes, and a prediction is excused by the last listed crowd
+    segment of any thing class: the first thing category's counts give the class-agnostic thing
+    PQ, whose gap to PQ_th is what wrong classes cost (the segments and their grouping being
+    the same). Stuff and unlisted categories are left as they are.
+    """
+    things = np.flatnonzero(categories.isthing)
+    if len(things) == 0:
+        return table
+    merged = np.arange(len(categories) + 1)
+    merged[things] = things[0]
+    return replace(table, category=merged[table.category])
 
 
 def _check_ground_truth(

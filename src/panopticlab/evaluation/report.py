@@ -32,12 +32,17 @@ def summarize(results: dict[str, Any]) -> dict[str, float]:
     """The headline numbers in percent, named as detectron2 reports them: PQ, SQ, RQ,
     PQ_th, SQ_th, RQ_th, PQ_st, SQ_st, RQ_st, mIoU, and AP when computed (with the Cityscapes
     instance AP, AP and AP50 are that one's, the "AP" of Cityscapes tables); overlap_F1 and
-    overlap_direction with the overlap-relation metric."""
+    overlap_direction with the overlap-relation metric; PQ_th_agnostic, SQ_th_agnostic and
+    RQ_th_agnostic, the things matched whatever their class, where the data has things."""
     summary = {}
     for split, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")):
         for key in ("pq", "sq", "rq"):
             summary[f"{key.upper()}{suffix}"] = 100 * float(results["panoptic"][split][key])
     summary["mIoU"] = 100 * float(results["semantic"]["miou"])
+    agnostic = results.get("things_class_agnostic")
+    if agnostic is not None and not math.isnan(agnostic["pq"]):
+        for key in ("pq", "sq", "rq"):
+            summary[f"{key.upper()}_th_agnostic"] = 100 * float(agnostic[key])
     if "overlap" in results:
         summary["overlap_F1"] = 100 * float(results["overlap"]["f1"])
         summary["overlap_direction"] = 100 * float(results["overlap"]["direction_accuracy"])
@@ -54,13 +59,17 @@ def _pct(value: float) -> str:
 
 
 def summary_table(results: dict[str, Any]) -> Table:
-    """PQ, SQ, RQ (percent) and the number of categories for All / Things / Stuff."""
+    """PQ, SQ, RQ (percent) and the number of categories for All / Things / Stuff, and for the
+    things matched whatever their class ("Things, any class") when there are any."""
     table = Table(title="Panoptic quality", title_justify="left")
     for name in ("", "PQ", "SQ", "RQ", "N"):
         table.add_column(name, justify="left" if not name else "right")
     for split in ("All", "Things", "Stuff"):
         row = results["panoptic"][split]
         table.add_row(split, _pct(row["pq"]), _pct(row["sq"]), _pct(row["rq"]), str(row["n"]))
+    agnostic = results.get("things_class_agnostic")
+    if agnostic is not None and not math.isnan(agnostic["pq"]):
+        table.add_row("Things, any class", _pct(agnostic["pq"]), _pct(agnostic["sq"]), _pct(agnostic["rq"]), "1")
     return table
 
 
