@@ -51,6 +51,8 @@ def test_sampler_thresholds_reach_torchvisions_matchers():
         ({"box_bg_iou_threshold": 0.6}, "box_bg_iou_threshold"),
         ({"crowd_ignore_iof": 0.0}, "crowd_ignore_iof"),
         ({"semantic_conv": "dcn"}, "semantic_conv"),
+        ({"box_head_conv_layers": -1}, "box_head_conv_layers"),
+        ({"box_roi_resolution": 0}, "box_roi_resolution"),
     ],
 )
 def test_bad_detector_options_name_the_key(changes, words):
@@ -125,6 +127,32 @@ def test_plain_semantic_head_has_no_deformable_convolution_and_trains():
     assert any(isinstance(m, DeformConv2d) for m in tiny_model().semantic_head.modules())
     losses = model(with_targets(model, shapes_items(2)))
     assert torch.isfinite(losses["loss_sem_seg"])
+
+
+def test_conv_box_head_has_the_asked_convolutions_and_its_classifier_learns():
+    model = tiny_model(box_head_conv_layers=2).train()
+    head = model.detector.roi_heads.box_head
+    convs = [m for m in head.modules() if isinstance(m, torch.nn.Conv2d)]
+    channels = model.detector.backbone.out_channels
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [(channels, channels, (3, 3))] * 2
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in head.modules()) == 2
+    assert not any(isinstance(m, torch.nn.Conv2d) for m in tiny_model().detector.roi_heads.box_head.modules())
+    batch = with_targets(model, shapes_items(2))
+    losses = model(batch)
+    losses["loss_classifier"].backward()
+    assert all(c.weight.grad is not None and c.weight.grad.abs().sum() > 0 for c in convs)
+
+
+def test_box_roi_resolution_sizes_the_pooled_grid_and_the_head():
+    model = tiny_model(box_roi_resolution=14).train()
+    heads = model.detector.roi_heads
+    channels = model.detector.backbone.out_channels
+    assert heads.box_roi_pool.output_size == (14, 14)
+    assert heads.box_head.fc6.in_features == channels * 14 * 14
+    assert heads.mask_roi_pool.output_size == (14, 14)  # the mask head's grid is its own
+    assert tiny_model().detector.roi_heads.box_head.fc6.in_features == channels * 7 * 7
+    losses = model(with_targets(model, shapes_items(2)))
+    assert all(torch.isfinite(v) for v in losses.values())
 
 
 def test_relation_box_options_reach_the_settings_and_the_model_still_trains_and_predicts():

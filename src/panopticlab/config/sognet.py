@@ -86,8 +86,15 @@ class SOGNetConfig(Section):
     #: ignored by the RPN and RoI samplers (Detectron's rule, 0.7) instead of trained as background;
     #: None: crowd regions are background (torchvision, the released code)
     crowd_ignore_iof: float | None = None
-    #: width of the two fully connected layers of the box head
+    #: side of the RoIAlign grid the box head sees (detectron2's ROI_BOX_HEAD.POOLER_RESOLUTION;
+    #: 7 in the papers and the released code; the mask head's stays 14)
+    box_roi_resolution: int = 7
+    #: width of the two fully connected layers of the box head (one after the convolutions below)
     box_head_channels: int = 1024
+    #: 3x3 conv-BatchNorm-ReLU layers (fpn_channels wide) before the box head's fully connected
+    #: layer: torchvision's FastRCNNConvFCHead (4 in its Mask R-CNN v2); 0 = the two fully
+    #: connected layers of the papers and the released code
+    box_head_conv_layers: int = 0
     #: width of the four 3x3 convolutions (and the deconvolution) of the mask head
     mask_head_channels: int = 256
     #: what the mask head learns: the whole (amodal) instance where the data has it, or only its
@@ -196,11 +203,11 @@ class SOGNetConfig(Section):
         positive = [
             "fpn_channels", "rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_pre_nms_top_n_test",
             "rpn_post_nms_top_n_test", "rpn_batch_size_per_image", "box_batch_size_per_image",
-            "box_head_channels", "mask_head_channels", "semantic_num_layers", "semantic_channels",
+            "box_roi_resolution", "box_head_channels", "mask_head_channels", "semantic_num_layers", "semantic_channels",
             "relation_category_channels", "relation_geometry_channels", "max_instances",
         ]  # fmt: skip
         found += [(key, "must be at least 1") for key in positive if getattr(self, key) < 1]
-        for key in ("relation_appearance_channels", "relation_pair_appearance_channels"):
+        for key in ("box_head_conv_layers", "relation_appearance_channels", "relation_pair_appearance_channels"):
             if getattr(self, key) < 0:
                 found.append((key, "must be >= 0 (0 = off)"))
         fractions = [

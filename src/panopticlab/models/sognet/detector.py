@@ -31,7 +31,7 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_loss
@@ -283,8 +283,8 @@ def build_detector(config: SOGNetConfig, num_thing_classes: int) -> Detector:
     levels = list(FPN_LEVELS)
     roi_pool = detectron_boxes.DetectronRoIAlign if released else MultiScaleRoIAlign
     roi_heads = CrowdAwareRoIHeads(
-        box_roi_pool=roi_pool(levels, output_size=7, sampling_ratio=2),
-        box_head=TwoMLPHead(channels * 7 * 7, config.box_head_channels),
+        box_roi_pool=roi_pool(levels, output_size=config.box_roi_resolution, sampling_ratio=2),
+        box_head=build_box_head(config, channels),
         box_predictor=Float32BoxPredictor(config.box_head_channels, num_thing_classes + 1),
         fg_iou_thresh=config.box_fg_iou_threshold,
         bg_iou_thresh=config.box_bg_iou_threshold,
@@ -300,6 +300,17 @@ def build_detector(config: SOGNetConfig, num_thing_classes: int) -> Detector:
         crowd_ignore_iof=config.crowd_ignore_iof,
     )
     return Detector(backbone, rpn, roi_heads, detectron_boxes=released)
+
+
+def build_box_head(config: SOGNetConfig, channels: int) -> nn.Module:
+    """The RoI box head on [R, channels, r, r] RoIAlign features (r = ``box_roi_resolution``):
+    two fully connected layers (the papers), or ``box_head_conv_layers`` 3x3 convolutions and
+    one fully connected layer (torchvision's Mask R-CNN v2 head). Returns float [R, box_head_channels]."""
+    r = config.box_roi_resolution
+    if config.box_head_conv_layers == 0:
+        return TwoMLPHead(channels * r * r, config.box_head_channels)
+    convs = [channels] * config.box_head_conv_layers
+    return FastRCNNConvFCHead((channels, r, r), convs, [config.box_head_channels], norm_layer=nn.BatchNorm2d)
 
 
 def detector_losses(
