@@ -8,7 +8,9 @@ Cases (each in fp32 and with bf16 autocast; ``--device cuda`` also fp16 with its
   ``aspp_feature: res4``);
 * ``sognet_shapes``: SOGNet's shapes config (``configs/sognet/shapes.yaml``); ``sognet_shapes_before``:
   the same with the recipe before issue 14 (one anchor size per level, the deformable semantic
-  head, crowds as background, 300 proposals);
+  head, crowds as background, 300 proposals); ``sognet_shapes_conv_box_head``: the shapes config
+  with four 3x3 convolutions in the box head (``box_head_conv_layers: 4``);
+  ``sognet_shapes_box_roi_14``: with the box head on a 14x14 RoIAlign grid instead of 7x7;
 * ``r52_512x1024``: detectron2's R52-DSConv Cityscapes network on 512x1024 crops (shapes
   images of 512x1024 stand in for Cityscapes, so the classifier has the shapes classes).
 
@@ -68,7 +70,13 @@ def case_configs(args: argparse.Namespace, data_root: Path) -> dict[str, Config]
     # the demo's network before issue 13: the ASPP on res5 at detectron2's rates
     res5 = load_config(Config, SHAPES_CONFIG, ["model.panoptic_deeplab.aspp_feature=res5", "model.panoptic_deeplab.aspp_dilations=[6,12,18]"])
     cases["shapes_res5"] = (res5, size[0], size[1], args.shapes_batch)
-    for name, overrides in (("sognet_shapes", []), ("sognet_shapes_before", SOGNET_BEFORE)):
+    sognet_cases = (
+        ("sognet_shapes", []),
+        ("sognet_shapes_before", SOGNET_BEFORE),
+        ("sognet_shapes_conv_box_head", ["model.sognet.box_head_conv_layers=4"]),
+        ("sognet_shapes_box_roi_14", ["model.sognet.box_roi_resolution=14"]),
+    )
+    for name, overrides in sognet_cases:
         sognet = load_config(Config, SOGNET_CONFIG, overrides)
         cases[name] = (sognet, *sognet.input.crop_size, args.shapes_batch)
     r52 = load_config(Config, R52_CONFIG, ["model.categories=shapes", "input.crop_size=[512,1024]"])
