@@ -74,11 +74,11 @@ def score(
     image_id: Any = 0,
 ) -> dict[str, Any]:
     """Score one image in memory and through files; assert both agree exactly; return the results."""
-    evaluator = PanopticEvaluator(CATEGORIES, check_gt=check_gt)
+    evaluator = PanopticEvaluator(CATEGORIES, check_gt=check_gt, class_agnostic=True)
     evaluator.add((gt_map, gt_segs), (pred_map, pred_segs), image_id=image_id)
     in_memory = evaluator.evaluate()
     gt_json, pred_json = write_files(folder, [(image_id, gt_map, gt_segs, pred_map, pred_segs)])
-    from_files = evaluate_files(gt_json, pred_json, workers=1, check_gt=check_gt).evaluate()
+    from_files = evaluate_files(gt_json, pred_json, workers=1, check_gt=check_gt, class_agnostic=True).evaluate()
     np.testing.assert_equal(from_files["panoptic"], in_memory["panoptic"])
     np.testing.assert_equal(from_files["semantic"], in_memory["semantic"])
     np.testing.assert_equal(from_files["things_class_agnostic"], in_memory["things_class_agnostic"])
@@ -241,7 +241,8 @@ def test_class_agnostic_things_take_a_crowd_of_any_thing_class_and_nan_without_t
     assert res["categories"][1]["fp"] == 1
     agnostic = res["things_class_agnostic"]
     assert (agnostic["tp"], agnostic["fp"], agnostic["fn"]) == (0, 0, 0) and math.isnan(agnostic["pq"])
-    stuff_only = PanopticEvaluator([c for c in CATEGORIES if not c["isthing"]])
+    assert "things_class_agnostic" not in PanopticEvaluator(CATEGORIES).evaluate()  # opt-in
+    stuff_only = PanopticEvaluator([c for c in CATEGORIES if not c["isthing"]], class_agnostic=True)
     stuff_only.add((background(STUFF_A), gt_segments(background(STUFF_A), {STUFF_A: STUFF_A})), (background(5), pred_segments({5: STUFF_A})))
     assert math.isnan(stuff_only.evaluate()["things_class_agnostic"]["pq"])
 

@@ -45,13 +45,13 @@ def test_accepts_panoptic_results_and_torch_tensors():
 
 
 def test_state_dicts_merge_to_the_same_counts():
-    whole = PanopticEvaluator(coco_categories())
-    halves = [PanopticEvaluator(coco_categories()) for _ in range(2)]
+    whole = PanopticEvaluator(coco_categories(), class_agnostic=True)
+    halves = [PanopticEvaluator(coco_categories(), class_agnostic=True) for _ in range(2)]
     for k, pair in enumerate(PAIRS):
         item = ((pair.gt_map, pair.gt_segments), (pair.pred_map, pair.pred_segments))
         whole.add(*item, image_id=k)
         halves[k % 2].add(*item, image_id=k)
-    merged = PanopticEvaluator(coco_categories())
+    merged = PanopticEvaluator(coco_categories(), class_agnostic=True)
     for half in halves:
         merged.merge(pickle.loads(pickle.dumps(half.state_dict())))  # as sent between processes
     a, b = merged.evaluate(), whole.evaluate()

@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 def standard_evaluators(model: PanopticModel, config: Config) -> list[Evaluator]:
     """PQ, mIoU (and AP with ``test.compute_ap``), the Cityscapes instance AP when
     ``test.cityscapes_instance_gt`` names a gtFine split, and the model's own evaluators."""
-    evaluators: list[Evaluator] = [PanopticEvaluator(model.categories, compute_ap=config.test.compute_ap)]
+    evaluators: list[Evaluator] = [PanopticEvaluator(model.categories, compute_ap=config.test.compute_ap, class_agnostic=True)]
     if config.test.cityscapes_instance_gt:
         evaluators.append(CityscapesInstanceEvaluator(Path(config.data.root) / config.test.cityscapes_instance_gt))
     return evaluators + model.evaluators()

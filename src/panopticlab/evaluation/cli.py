@@ -37,6 +37,11 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         "--ap", action="store_true", help="also compute instance AP (needs a 'score' on every predicted thing segment)"
     )
     parser.add_argument(
+        "--class-agnostic",
+        action="store_true",
+        help="also score the things matched whatever their class (the 'Things, any class' row)",
+    )
+    parser.add_argument(
         "--no-check-gt",
         dest="check_gt",
         action="store_false",
@@ -54,6 +59,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         workers=args.workers,
         check_gt=args.check_gt,
         compute_ap=args.ap,
+        class_agnostic=args.class_agnostic,
     )
     results = evaluator.evaluate(worst=max(args.worst, 0))
     print_results(results, per_class=args.per_class, worst=args.worst > 0)

@@ -48,6 +48,7 @@ def evaluate_image(
     image_id: Any = None,
     check_gt: bool = True,
     compute_ap: bool = False,
+    class_agnostic: bool = False,
     detections: Sequence[Mapping[str, Any]] | None = None,
     where: str = "",
 ) -> ImageMatch:
@@ -63,6 +64,8 @@ def evaluate_image(
             ``detections`` (dicts with ``mask`` [H, W] or ``segmentation`` (RLE),
             ``category_id``, ``score``), or, without ``detections``, the predicted thing
             segments with their ``score``.
+        class_agnostic: also match the image with every thing class taken as one
+            (``match.things_as_one``, :func:`.pq.things_as_one`); a second match, so opt-in.
         where: prefix for error messages (defaults to the image id).
     """
     where = where or f"image {image_id!r}"
@@ -75,7 +78,7 @@ def evaluate_image(
     except ValueError as e:
         raise InputError(f"{where}: {e}") from None
     match = match_image(hist, gt_table, pred_table, categories, image_id=image_id, check_gt=check_gt, where=where)
-    if categories.isthing.any():
+    if class_agnostic and categories.isthing.any():
         merged_gt, merged_pred = things_as_one(gt_table, categories), things_as_one(pred_table, categories)
         match.things_as_one = match_image(hist, merged_gt, merged_pred, categories, image_id=image_id, check_gt=False, where=where)
     if compute_ap:
@@ -157,12 +160,15 @@ class PanopticEvaluator:
     Args:
         categories: COCO ``categories`` dicts (``id``, ``isthing``, ``name``) or :class:`CategoryTable`.
         compute_ap: also collect instance masks and report COCO segm AP of the thing classes.
+        class_agnostic: also report ``things_class_agnostic``, the things matched whatever
+            their class (a second match per image: about twice the in-memory time).
         check_gt: require ground-truth maps and lists to agree (see ``pq.match_image``).
     """
 
-    def __init__(self, categories: Any, *, compute_ap: bool = False, check_gt: bool = True) -> None:
+    def __init__(self, categories: Any, *, compute_ap: bool = False, check_gt: bool = True, class_agnostic: bool = False) -> None:
         self.categories = as_categories(categories)
         self.compute_ap = compute_ap
+        self.class_agnostic = class_agnostic
         self.check_gt = check_gt
         self.reset()
 
@@ -211,6 +217,7 @@ class PanopticEvaluator:
             image_id=image_id,
             check_gt=self.check_gt,
             compute_ap=self.compute_ap,
+            class_agnostic=self.class_agnostic,
             detections=instances,
             where=where,
         )
@@ -261,7 +268,7 @@ class PanopticEvaluator:
         states = distributed.all_gather(self.state_dict())
         if len(states) == 1:
             return self
-        total = PanopticEvaluator(self.categories, compute_ap=self.compute_ap, check_gt=self.check_gt)
+        total = PanopticEvaluator(self.categories, compute_ap=self.compute_ap, check_gt=self.check_gt, class_agnostic=self.class_agnostic)
         for state in states:  # rank order, so every rank gets the same floats
             total.merge(state)
         return total
@@ -277,8 +284,8 @@ class PanopticEvaluator:
             ``instance`` (with ``compute_ap``): ``AP, AP50, AP75, APs, APm, APl, per_class``;
             ``categories``: per category id, name, isthing, TP/FP/FN, IoU sum, PQ/SQ/RQ and
             semantic IoU; ``images``: per image TP/FP/FN and PQ; ``worst_images``: the
-            ``worst`` images of lowest PQ; ``num_images``; ``things_class_agnostic``: ``pq, sq,
-            rq, tp, fp, fn`` of the things matched whatever their class
+            ``worst`` images of lowest PQ; ``num_images``; with ``class_agnostic``,
+            ``things_class_agnostic``: ``pq, sq, rq, tp, fp, fn`` of the things matched whatever their class
             (:func:`.pq.things_as_one`). Scores lie in [0, 1]; NaN where undefined (no
             category to average).
         """
@@ -308,8 +315,9 @@ class PanopticEvaluator:
             "categories": per_category,
             "images": source.images,
             "worst_images": ranked[:worst],
-            "things_class_agnostic": _class_agnostic_things(source.counts_things_as_one, cats),
         }
+        if self.class_agnostic:
+            results["things_class_agnostic"] = _class_agnostic_things(source.counts_things_as_one, cats)
         if self.compute_ap:
             results["instance"] = source.instances.summarize()
         return results

@@ -84,6 +84,7 @@ def _evaluate_pair(
     categories: CategoryTable,
     check_gt: bool,
     compute_ap: bool,
+    class_agnostic: bool,
 ) -> ImageMatch:
     image_id = gt_ann["image_id"]
     gt_file, pred_file = gt_folder / gt_ann["file_name"], pred_folder / pred_ann["file_name"]
@@ -103,6 +104,7 @@ def _evaluate_pair(
         image_id=image_id,
         check_gt=check_gt,
         compute_ap=compute_ap,
+        class_agnostic=class_agnostic,
         where=f"image {image_id!r} ({gt_file} / {pred_file})",
     )
 
@@ -126,6 +128,7 @@ def evaluate_files(
     workers: int | None = None,
     check_gt: bool = True,
     compute_ap: bool = False,
+    class_agnostic: bool = False,
 ) -> PanopticEvaluator:
     """Evaluate COCO-panoptic files; return the filled evaluator (call ``.evaluate()`` on it).
 
@@ -135,6 +138,7 @@ def evaluate_files(
         workers: processes; ``None`` picks :func:`default_workers`, 0 or 1 runs in this process.
         check_gt: see :func:`~panopticlab.evaluation.pq.match_image`.
         compute_ap: also score instance AP (needs a ``score`` on every predicted thing segment).
+        class_agnostic: also score the things matched whatever their class (see :class:`PanopticEvaluator`).
     """
     categories, pairs = pair_annotations(gt_json_file, pred_json_file)
     gt_dir = Path(gt_folder) if gt_folder is not None else _default_folder(gt_json_file)
@@ -142,8 +146,8 @@ def evaluate_files(
     for folder in (gt_dir, pred_dir):
         if not folder.is_dir():
             raise InputError(f"{folder}: PNG folder not found")
-    evaluator = PanopticEvaluator(categories, compute_ap=compute_ap, check_gt=check_gt)
-    settings = (gt_dir, pred_dir, categories, check_gt, compute_ap)
+    evaluator = PanopticEvaluator(categories, compute_ap=compute_ap, check_gt=check_gt, class_agnostic=class_agnostic)
+    settings = (gt_dir, pred_dir, categories, check_gt, compute_ap, class_agnostic)
 
     workers = default_workers(len(pairs)) if workers is None else max(int(workers), 1)
     workers = min(workers, max(len(pairs), 1))
