@@ -84,8 +84,15 @@ class PanopticDeepLabConfig(Section):
     top_k: int = 200
     stuff_area: int = 2048
     #: an instance's class: majority (detectron2: the most frequent argmax class of its pixels) or
-    #: mean_probability (the thing class of the highest mean softmax probability over its pixels)
-    class_vote: Literal["majority", "mean_probability"] = "majority"
+    #: mean_probability (the thing class of the highest mean softmax probability over its pixels);
+    #: silhouette (panopticlab's option for classes that are shapes: a small CNN on the instance's
+    #: mask, models/silhouette.py, trained beside the network) or silhouette_mean_probability
+    #: (its probabilities times the mean_probability vote's)
+    class_vote: Literal["majority", "mean_probability", "silhouette", "silhouette_mean_probability"] = "majority"
+    #: the silhouette classifier (silhouette class votes only): channels of its first layers, crop side
+    silhouette_width: int = 16
+    silhouette_size: int = 32
+    silhouette_loss_weight: float = 1.0
     #: test-time augmentation: the scales to average over, and whether to add flipped images
     tta_scales: tuple[float, ...] = (1.0,)
     tta_flip: bool = False
@@ -125,6 +132,12 @@ class PanopticDeepLabConfig(Section):
             found.append(("top_k_percent", "must lie in (0, 1]"))
         if self.nms_kernel < 1 or self.nms_kernel % 2 == 0:
             found.append(("nms_kernel", "must be an odd positive integer"))
+        if self.silhouette_width < 1:
+            found.append(("silhouette_width", "must be at least 1"))
+        if self.silhouette_size < 4 or self.silhouette_size % 4:
+            found.append(("silhouette_size", "must be a multiple of 4, at least 4 (two 2x2 poolings)"))
+        if self.silhouette_loss_weight < 0:
+            found.append(("silhouette_loss_weight", "must be >= 0"))
         if not self.tta_scales or min(self.tta_scales) <= 0:
             found.append(("tta_scales", "needs one or more positive scales"))
         return found

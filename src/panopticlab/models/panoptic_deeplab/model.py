@@ -15,9 +15,10 @@ never the section.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from panopticlab.config.panoptic_deeplab import PanopticDeepLabConfig
 from panopticlab.config.loading import check_section
@@ -27,9 +28,10 @@ from panopticlab.models.base import PanopticModel, training_targets
 from panopticlab.models.common import IGNORE_LABEL, PIXEL_MEAN, PIXEL_STD, ImageInput, as_image_tensors, inference_mode, pad_images
 from panopticlab.models.panoptic_deeplab.losses import OffsetNormalizer, panoptic_deeplab_losses
 from panopticlab.models.panoptic_deeplab.network import PanopticDeepLabNetwork, build_panoptic_deeplab
-from panopticlab.models.panoptic_deeplab.postprocess import ClassVote, panoptic_deeplab_inference
+from panopticlab.models.panoptic_deeplab.postprocess import panoptic_deeplab_inference
 from panopticlab.models.panoptic_deeplab.targets import AddTargets, PanopticDeepLabTargetGenerator, collate_targets
 from panopticlab.models.panoptic_deeplab.tta import is_single_pass, tta_average, tta_input, tta_passes
+from panopticlab.models.silhouette import SilhouetteClassifier, classify_by_silhouette, roughen_silhouettes
 from panopticlab.structures import PanopticResult
 
 
@@ -42,6 +44,12 @@ class LossSettings:
     offset_weight: float = 0.01
     top_k_percent: float = 0.2
     offset_normalizer: OffsetNormalizer = "pixels"
+    silhouette_weight: float = 1.0
+
+
+#: how an instance's thing class is chosen: the post-processing's votes, or the silhouette
+#: classifier's (alone, or times the mean-probability vote's class probabilities)
+InstanceClassVote = Literal["majority", "mean_probability", "silhouette", "silhouette_mean_probability"]
 
 
 @dataclass(frozen=True)
@@ -52,7 +60,7 @@ class InferenceSettings:
     nms_kernel: int = 7
     top_k: int = 200
     stuff_area: int = 2048
-    class_vote: ClassVote = "majority"
+    class_vote: InstanceClassVote = "majority"
     tta_scales: tuple[float, ...] = (1.0,)
     tta_flip: bool = False
 
@@ -66,6 +74,9 @@ class PanopticDeepLab(PanopticModel):
         target_generator: makes the training targets of an item (contiguous category ids).
         losses: loss weights and options.
         inference: post-processing settings and the default test-time augmentation.
+        silhouette: the classifier of the ``silhouette*`` class votes (``models/silhouette.py``),
+            trained beside the network (``loss_silhouette``); None for the other votes.
+        silhouette_size: the side of its input crops.
     """
 
     def __init__(
@@ -75,13 +86,19 @@ class PanopticDeepLab(PanopticModel):
         target_generator: PanopticDeepLabTargetGenerator,
         losses: LossSettings = LossSettings(),
         inference: InferenceSettings = InferenceSettings(),
+        silhouette: SilhouetteClassifier | None = None,
+        silhouette_size: int = 32,
     ):
         super().__init__(categories)
+        if (silhouette is None) == inference.class_vote.startswith("silhouette"):
+            raise ValueError(f"class_vote {inference.class_vote!r} needs a silhouette classifier exactly when it is a silhouette vote")
         self.network = network
         self.target_generator = target_generator
         self.losses = losses
         self.inference = inference
         self.thing_ids = [categories.to_contiguous(i) for i in categories.thing_ids]
+        self.silhouette = silhouette
+        self.silhouette_size = silhouette_size
 
     def forward_heads(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """float [B, 3, H, W] RGB 0..255 -> ``sem_seg`` [B, C, H, W] logits, ``center`` [B, 1, H, W],
@@ -90,17 +107,20 @@ class PanopticDeepLab(PanopticModel):
 
     def data_transform(self) -> AddTargets:
         """The trainer runs this on every training item in its data-loader workers."""
-        return AddTargets({i: self.categories.to_contiguous(i) for i in self.categories.ids}, self.target_generator)
+        to_contiguous = {i: self.categories.to_contiguous(i) for i in self.categories.ids}
+        size = None if self.silhouette is None else self.silhouette_size
+        return AddTargets(to_contiguous, self.target_generator, silhouette_size=size)
 
     def forward(self, batch: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         """Dataset items (``image`` uint8 [3, H, W], ``targets`` from :meth:`data_transform`)
-        -> ``{"loss_sem_seg", "loss_center", "loss_offset"}``, each already weighted."""
+        -> ``{"loss_sem_seg", "loss_center", "loss_offset"}`` (and ``"loss_silhouette"`` with a
+        silhouette classifier), each already weighted."""
         images = pad_images([item["image"] for item in batch]).to(self.device)
         targets = collate_targets(training_targets(batch), ignore_label=IGNORE_LABEL)
         targets = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in targets.items()}
         outputs = self.forward_heads(images)
         settings = self.losses
-        return panoptic_deeplab_losses(
+        losses = panoptic_deeplab_losses(
             outputs,
             targets,
             semantic_weight=settings.semantic_weight,
@@ -110,6 +130,19 @@ class PanopticDeepLab(PanopticModel):
             ignore_label=IGNORE_LABEL,
             offset_normalizer=settings.offset_normalizer,
         )
+        if self.silhouette is not None:
+            losses["loss_silhouette"] = settings.silhouette_weight * self._silhouette_loss(targets)
+        return losses
+
+    def _silhouette_loss(self, targets: dict[str, Any]) -> torch.Tensor:
+        """Cross-entropy of the silhouette classifier on the batch's roughened ground-truth crops."""
+        crops = roughen_silhouettes(targets["silhouettes"])
+        thing_index = torch.full((len(self.categories),), -1, dtype=torch.long, device=self.device)
+        thing_index[torch.tensor(self.thing_ids, device=self.device)] = torch.arange(len(self.thing_ids), device=self.device)
+        logits = self.silhouette(crops) if crops.shape[0] > 1 else None  # BatchNorm needs two crops
+        if logits is None:
+            return sum(p.sum() for p in self.silhouette.parameters()) * 0.0
+        return F.cross_entropy(logits, thing_index[targets["silhouette_classes"]])
 
     def predict(
         self,
@@ -132,6 +165,7 @@ class PanopticDeepLab(PanopticModel):
             have detectron2's instance score.
         """
         s = self.inference
+        grouping_vote = "mean_probability" if s.class_vote.startswith("silhouette") else s.class_vote
         scales = s.tta_scales if tta_scales is None else tuple(tta_scales)
         flip = s.tta_flip if tta_flip is None else tta_flip
         results = []
@@ -140,7 +174,7 @@ class PanopticDeepLab(PanopticModel):
                 # one network pass per run of equal-sized images: no padding, so a result does not
                 # depend on the batch it came in
                 outputs = self._heads_with_tta(torch.stack(batch).to(self.device), scales, flip)
-                results += panoptic_deeplab_inference(
+                run = panoptic_deeplab_inference(
                     outputs["sem_seg"],
                     outputs["center"],
                     outputs["offset"],
@@ -150,9 +184,21 @@ class PanopticDeepLab(PanopticModel):
                     nms_kernel=s.nms_kernel,
                     top_k=s.top_k,
                     category_ids=self.categories.ids,
-                    class_vote=s.class_vote,
+                    class_vote=grouping_vote,
                 )
+                if self.silhouette is not None:
+                    run = [self._classify_by_silhouette(r, logits) for r, logits in zip(run, outputs["sem_seg"], strict=True)]
+                results += run
         return results
+
+    def _classify_by_silhouette(self, result: PanopticResult, logits: torch.Tensor) -> PanopticResult:
+        """``result`` with its things classified by :func:`~panopticlab.models.silhouette.classify_by_silhouette`,
+        times the mean semantic probabilities for ``silhouette_mean_probability``. ``logits``: float [C, H, W]."""
+        semantic = None
+        if self.inference.class_vote == "silhouette_mean_probability":
+            semantic = torch.softmax(logits.double(), dim=0)[self.thing_ids]
+        category_ids = [self.categories.ids[t] for t in self.thing_ids]
+        return classify_by_silhouette(result, self.silhouette, self.silhouette_size, category_ids, semantic)
 
     def _heads_with_tta(self, image: torch.Tensor, scales: Sequence[float], flip: bool) -> dict[str, torch.Tensor]:
         """Head outputs for [B, 3, H, W], averaged over scales (and flips) at the input size (see ``tta.py``)."""
@@ -238,6 +284,7 @@ def build_panoptic_deeplab_model(
         offset_weight=config.offset_loss_weight,
         top_k_percent=config.top_k_percent,
         offset_normalizer=config.offset_normalizer,
+        silhouette_weight=config.silhouette_loss_weight,
     )
     inference = InferenceSettings(
         center_threshold=config.center_threshold,
@@ -248,4 +295,9 @@ def build_panoptic_deeplab_model(
         tta_scales=tuple(config.tta_scales),
         tta_flip=config.tta_flip,
     )
-    return PanopticDeepLab(network, categories, target_generator, losses, inference)
+    silhouette = None
+    if config.class_vote.startswith("silhouette"):
+        silhouette = SilhouetteClassifier(len(categories.thing_ids), width=config.silhouette_width)
+    return PanopticDeepLab(
+        network, categories, target_generator, losses, inference, silhouette=silhouette, silhouette_size=config.silhouette_size
+    )
