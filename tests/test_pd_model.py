@@ -188,3 +188,11 @@ def test_predict_batches_images_of_one_size_and_results_do_not_depend_on_the_bat
         np.testing.assert_array_equal(a.id_map, b.id_map)
         assert [(s.id, s.category_id, s.area) for s in a.segments] == [(s.id, s.category_id, s.area) for s in b.segments]
     assert pd_model._same_size_runs([]) == []
+
+
+def test_res1_is_a_decoder_stage_for_timm_backbones_only():
+    section = {**TINY["panoptic_deeplab"], "low_level_features": ["res3", "res2", "res1"],
+               "semantic_projection_channels": [32, 16, 16], "instance_projection_channels": [32, 16, 16]}  # fmt: skip
+    assert from_dict(Config, {"model": {**TINY, "panoptic_deeplab": section}}).model.panoptic_deeplab.problems() == []
+    with pytest.raises(InputError, match="res1: timm backbones"):
+        build_model(from_dict(Config, {"model": {**TINY, "panoptic_deeplab": {**section, "backbone": "r52_dc5"}}}))

@@ -246,3 +246,22 @@ def test_folding_batchnorm_keeps_the_outputs(options) -> None:
         torch.testing.assert_close(got[name], value, rtol=0, atol=2e-5 * float(value.abs().max()))
     with pytest.raises(ValueError, match="eval mode"):
         fold_batchnorm(network.train())
+
+
+def test_a_timm_stem_feature_res1_brings_the_heads_to_stride_2() -> None:
+    backbone = build_backbone("timm:resnet10t", output_stride=32, out_features=("res4", "res1"))
+    assert backbone.feature_strides == {"res4": 16, "res1": 2}
+    model = build_panoptic_deeplab(
+        7,
+        backbone="timm:resnet10t",
+        aspp_feature="res4",
+        low_level_features=("res3", "res2", "res1"),
+        semantic_projection_channels=(32, 16, 16),
+        instance_projection_channels=(32, 16, 16),
+    ).eval()
+    assert model.common_stride == 2
+    raw = {}
+    model.semantic_head.register_forward_hook(lambda module, args, out: raw.update(sem=out))
+    with torch.no_grad():
+        out = model.forward_heads(torch.rand(1, 3, 64, 96) * 255)
+    assert raw["sem"].shape[-2:] == (32, 48) and out["sem_seg"].shape == (1, 7, 64, 96)

@@ -193,3 +193,4 @@ def test_torchscript_export_refuses_a_silhouette_vote(tmp_path):
     with pytest.raises(InputError, match="class_vote: silhouette"):
         export_torchscript(silhouette_model(), tmp_path / "model.pt", sample_size=(64, 64))
     assert not (tmp_path / "model.pt").exists()
+

@@ -29,7 +29,8 @@ class PanopticDeepLabConfig(Section):
     #: ImageNet weights of the backbone (torchvision, timm or detectron2 R-52.pkl), loaded when the model is built
     backbone_weights: Optional[str] = None
     output_stride: int = 16
-    #: decoder stages, deepest first (HRNet-style backbones: [res4, res3, res2])
+    #: decoder stages, deepest first (HRNet-style backbones: [res4, res3, res2]); timm backbones also
+    #: have res1 (stride 2), which brings the heads to stride 2
     low_level_features: tuple[str, ...] = ("res3", "res2")
     #: the feature the ASPP reads: res5 (detectron2), or res4 to leave out the backbone's last stage
     aspp_feature: Literal["res4", "res5"] = "res5"
@@ -107,11 +108,11 @@ class PanopticDeepLabConfig(Section):
             found.append(("output_stride", "must be 8, 16 or 32"))
         elif self.output_stride == 8 and not b.startswith("timm:"):
             found.append(("output_stride", "of 8 needs a timm backbone"))
-        levels = ("res2", "res3", "res4")
+        levels = ("res1", "res2", "res3", "res4") if b.startswith("timm:") else ("res2", "res3", "res4")
         if self.aspp_feature in self.low_level_features:
             found.append(("low_level_features", f"cannot hold the ASPP's feature {self.aspp_feature}"))
         if not self.low_level_features or any(f not in levels for f in self.low_level_features):
-            found.append(("low_level_features", f"needs one or more of {list(levels)}, deepest first"))
+            found.append(("low_level_features", f"needs one or more of {list(levels)}, deepest first (res1: timm backbones)"))
         for key in ("semantic_projection_channels", "instance_projection_channels"):
             if len(getattr(self, key)) != len(self.low_level_features):
                 found.append((key, f"needs one width per low-level feature ({len(self.low_level_features)})"))

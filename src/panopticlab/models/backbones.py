@@ -191,13 +191,13 @@ class TimmBackbone(nn.Module):
         kwargs = {"output_stride": output_stride} if output_stride != 32 else {}
         self.body = timm.create_model(model_name, pretrained=False, features_only=True, **kwargs, **timm_kwargs)
         channels, strides = self.body.feature_info.channels(), self.body.feature_info.reduction()
-        # A level is named by its stride (res2 = 4 ... res5 = 32) until dilation repeats a stride (output
-        # stride 16 or 8); then each later level is the next name. The last level is res5 either way.
+        # A level is named by its stride (res1 = 2, res2 = 4 ... res5 = 32) until dilation repeats a stride
+        # (output stride 16 or 8); then each later level is the next name. The last level is res5 either way.
         index = {"res5": len(strides) - 1}
         level = 0
         for i, stride in enumerate(strides[:-1]):
             level = stride.bit_length() - 1 if i == 0 or stride > strides[i - 1] else level + 1
-            if 2 <= level <= 4:
+            if 1 <= level <= 4:
                 index[f"res{level}"] = i
         missing = [name for name in out_features if name not in index]
         if missing:
