@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from panopticlab.data.coco_panoptic import read_panoptic_png
 from panopticlab.fileio import write_json
-from panopticlab.models.silhouette import SilhouetteClassifier, roughen_silhouettes, silhouette_crops
+from panopticlab.models.silhouette import SilhouetteClassifier, instance_index_map, roughen_silhouettes, silhouette_crops
 
 
 def load(folder: Path) -> tuple[dict[str, dict], set[int]]:
@@ -41,10 +41,7 @@ def load(folder: Path) -> tuple[dict[str, dict], set[int]]:
 
 def crops_of(id_map: np.ndarray, segment_ids: list[int], size: int) -> torch.Tensor:
     """float [N, 1, size, size]: the silhouette crops of these segments of an id map."""
-    index = np.zeros(id_map.shape, dtype=np.int64)
-    for k, segment_id in enumerate(segment_ids, 1):
-        index[id_map == segment_id] = k
-    return silhouette_crops(torch.from_numpy(index), len(segment_ids), size)
+    return silhouette_crops(instance_index_map(torch.from_numpy(id_map), segment_ids), len(segment_ids), size)
 
 
 def training_crops(folder: Path, size: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:

@@ -8,7 +8,7 @@ from panopticlab.config import Config, from_dict
 from panopticlab.errors import InputError
 from panopticlab.models import build_model
 from panopticlab.models.panoptic_deeplab.targets import collate_targets, silhouette_targets
-from panopticlab.models.silhouette import SilhouetteClassifier, roughen_silhouettes, silhouette_crops
+from panopticlab.models.silhouette import SilhouetteClassifier, instance_index_map, roughen_silhouettes, silhouette_crops
 from panopticlab.structures import PanopticResult, Segment
 from test_pd_model import TINY, shapes_items
 
@@ -52,6 +52,13 @@ def test_outside_the_image_is_outside_the_mask_and_an_absent_instance_is_empty()
     assert torch.equal(crops[1, 0], expected)
     assert crops.shape == (3, 1, 5, 5) and crops[2].sum() == 0  # instance 3 has no pixels
     assert silhouette_crops(rectangle_map(), 0, size=8).shape == (0, 1, 8, 8)
+
+
+def test_the_index_map_numbers_the_listed_segments_in_their_order():
+    id_map = torch.tensor([[0, 7, 7], [3, 3, 9], [12, 0, 9]])
+    expected = torch.tensor([[0, 2, 2], [0, 0, 1], [0, 0, 1]])  # 9 is first, 7 second; 3 and 12 unlisted
+    assert torch.equal(instance_index_map(id_map, [9, 7, 40]), expected)  # 40: absent, above every id
+    assert torch.equal(instance_index_map(id_map, []), torch.zeros(3, 3, dtype=torch.long))
 
 
 def test_roughening_keeps_solid_interiors_and_empty_crops_and_returns_binary_crops():
@@ -181,7 +188,7 @@ def test_the_product_vote_follows_a_confident_classifier_against_a_split_semanti
 
 def test_config_values_of_the_classifier_are_checked_and_other_votes_build_none():
     assert build_model(from_dict(Config, {"model": TINY})).silhouette is None
-    for key, value in (("silhouette_width", 0), ("silhouette_size", 30), ("silhouette_loss_weight", -1.0)):
+    for key, value in (("silhouette_width", 0), ("silhouette_size", 3), ("silhouette_loss_weight", -1.0)):
         section = {**TINY["panoptic_deeplab"], "class_vote": "silhouette", key: value}
         with pytest.raises(InputError, match=key):
             build_model(from_dict(Config, {"model": {**TINY, "panoptic_deeplab": section}}))

@@ -135,8 +135,8 @@ class PanopticDeepLabConfig(Section):
             found.append(("nms_kernel", "must be an odd positive integer"))
         if self.silhouette_width < 1:
             found.append(("silhouette_width", "must be at least 1"))
-        if self.silhouette_size < 4 or self.silhouette_size % 4:
-            found.append(("silhouette_size", "must be a multiple of 4, at least 4 (two 2x2 poolings)"))
+        if self.silhouette_size < 4:
+            found.append(("silhouette_size", "must be at least 4 (the classifier pools twice by 2)"))
         if self.silhouette_loss_weight < 0:
             found.append(("silhouette_loss_weight", "must be >= 0"))
         if not self.tta_scales or min(self.tta_scales) <= 0:

@@ -7,6 +7,7 @@ learns it in seconds from a binary mask (``benchmarks/shape_learnability.py``). 
 trained on ground-truth masks (blurred and re-thresholded, so that it also reads the softer
 outlines a model predicts) and applied at test to each predicted thing's mask.
 
+* :func:`instance_index_map`: a panoptic id map -> instances 1..N, the input of the crops;
 * :func:`silhouette_crops`: masks -> square crops around each mask, resized to ``size``;
 * :func:`roughen_silhouettes`: the training-time augmentation;
 * :class:`SilhouetteClassifier`: crops -> thing-class logits;
@@ -26,6 +27,18 @@ from panopticlab.structures import PanopticResult
 
 #: each crop is the square around the mask's box, this many pixels wider on every side
 MARGIN = 2.0
+
+
+def instance_index_map(id_map: Tensor, segment_ids: Sequence[int]) -> Tensor:
+    """int64 [H, W]: k on the pixels of ``segment_ids[k - 1]``, 0 on every other pixel of the
+    non-negative integer id map [H, W]."""
+    id_map = id_map.long()
+    if not segment_ids:
+        return torch.zeros_like(id_map)
+    ids = torch.tensor(list(segment_ids), dtype=torch.long, device=id_map.device)
+    slot_of_id = torch.zeros(max(int(id_map.max()), int(ids.max())) + 1, dtype=torch.long, device=id_map.device)
+    slot_of_id[ids] = torch.arange(1, len(ids) + 1, device=id_map.device)
+    return slot_of_id[id_map]
 
 
 def silhouette_crops(index_map: Tensor, num_instances: int, size: int = 32) -> Tensor:
@@ -78,19 +91,19 @@ def silhouette_crops(index_map: Tensor, num_instances: int, size: int = 32) -> T
     return F.avg_pool2d(masks.float(), 2)
 
 
-def roughen_silhouettes(crops: Tensor, generator: torch.Generator | None = None) -> Tensor:
+def roughen_silhouettes(crops: Tensor) -> Tensor:
     """Training augmentation: each crop [N, 1, S, S] blurred by a 1, 3 or 5 box filter and thresholded
     at a level drawn from U(0.3, 0.7), so that corners round off and edges move by a pixel or two, as
     in a model's predicted masks. Returns binary float32 crops of the same shape."""
     if crops.shape[0] == 0:
         return crops
-    kernels = torch.randint(0, 3, (crops.shape[0],), generator=generator) * 2 + 1
+    kernels = torch.randint(0, 3, (crops.shape[0],)) * 2 + 1
     blurred = crops.clone()
     for k in (3, 5):
         chosen = (kernels == k).to(crops.device)
         if chosen.any():
             blurred[chosen] = F.avg_pool2d(crops[chosen], k, stride=1, padding=k // 2, count_include_pad=True)
-    levels = torch.empty(crops.shape[0], 1, 1, 1).uniform_(0.3, 0.7, generator=generator).to(crops.device)
+    levels = torch.empty(crops.shape[0], 1, 1, 1).uniform_(0.3, 0.7).to(crops.device)
     return (blurred > levels).float()
 
 
@@ -145,10 +158,7 @@ def classify_by_silhouette(
     if not things:
         return result
     device = next(classifier.parameters()).device
-    id_map = torch.from_numpy(result.id_map).long().to(device)
-    slot_of_id = torch.zeros(int(id_map.max()) + 1, dtype=torch.long, device=device)
-    slot_of_id[torch.tensor([seg.id for seg in things], device=device)] = torch.arange(1, len(things) + 1, device=device)
-    index_map = slot_of_id[id_map]  # thing k -> k, everything else 0
+    index_map = instance_index_map(torch.from_numpy(result.id_map).to(device), [seg.id for seg in things])
     probability = torch.softmax(classifier(silhouette_crops(index_map, len(things), size)).double(), dim=1)  # [N, T]
     if semantic is not None:
         pixels = index_map.flatten() > 0

@@ -99,6 +99,10 @@ class PanopticDeepLab(PanopticModel):
         self.thing_ids = [categories.to_contiguous(i) for i in categories.thing_ids]
         self.silhouette = silhouette
         self.silhouette_size = silhouette_size
+        # contiguous id -> thing-class index of the silhouette classifier (-1: stuff)
+        thing_index = torch.full((len(categories),), -1, dtype=torch.long)
+        thing_index[self.thing_ids] = torch.arange(len(self.thing_ids))
+        self.register_buffer("thing_index", thing_index, persistent=False)
 
     def forward_heads(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """float [B, 3, H, W] RGB 0..255 -> ``sem_seg`` [B, C, H, W] logits, ``center`` [B, 1, H, W],
@@ -137,12 +141,9 @@ class PanopticDeepLab(PanopticModel):
     def _silhouette_loss(self, targets: dict[str, Any]) -> torch.Tensor:
         """Cross-entropy of the silhouette classifier on the batch's roughened ground-truth crops."""
         crops = roughen_silhouettes(targets["silhouettes"])
-        thing_index = torch.full((len(self.categories),), -1, dtype=torch.long, device=self.device)
-        thing_index[torch.tensor(self.thing_ids, device=self.device)] = torch.arange(len(self.thing_ids), device=self.device)
-        logits = self.silhouette(crops) if crops.shape[0] > 1 else None  # BatchNorm needs two crops
-        if logits is None:
+        if crops.shape[0] < 2:  # BatchNorm needs two crops; a zero that keeps every parameter in the graph
             return sum(p.sum() for p in self.silhouette.parameters()) * 0.0
-        return F.cross_entropy(logits, thing_index[targets["silhouette_classes"]])
+        return F.cross_entropy(self.silhouette(crops), self.thing_index[targets["silhouette_classes"]])
 
     def predict(
         self,

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from panopticlab.errors import InputError
-from panopticlab.models.silhouette import silhouette_crops
+from panopticlab.models.silhouette import instance_index_map, silhouette_crops
 from panopticlab.structures import PanopticResult
 
 Targets = dict[str, Any]
@@ -273,9 +273,8 @@ def silhouette_targets(result: PanopticResult, to_contiguous: Mapping[int, int],
     that have pixels, and ``silhouette_classes`` int64 [N], their contiguous category ids.
     """
     things = [s for s in result.segments if s.isthing and not s.iscrowd]
-    ids = np.array([s.id for s in things], dtype=np.int64)
-    index_map = (_segment_index(_as_id_map(result.id_map), ids) + 1) % (len(ids) + 1)  # 1..N, 0 elsewhere
-    crops = silhouette_crops(torch.from_numpy(index_map), len(things), size)
+    index_map = instance_index_map(torch.from_numpy(_as_id_map(result.id_map)), [s.id for s in things])
+    crops = silhouette_crops(index_map, len(things), size)
     present = crops.flatten(1).sum(dim=1) > 0
     classes = torch.tensor([to_contiguous[s.category_id] for s in things], dtype=torch.long)
     return {"silhouettes": crops[present], "silhouette_classes": classes[present]}
