@@ -97,6 +97,13 @@ class PanopticDeepLabConfig(Section):
     #: test-time augmentation: the scales to average over, and whether to add flipped images
     tta_scales: tuple[float, ...] = (1.0,)
     tta_flip: bool = False
+    #: test-time joint bilateral filtering of the semantic and offset heads along the image's colour
+    #: edges (models/bilateral.py; panopticlab's option, off in the published recipes): passes
+    #: (0 = off), window radius in pixels, and the weights' Gaussian sigmas in RGB levels and pixels
+    bilateral_iterations: int = 0
+    bilateral_radius: int = 9
+    bilateral_sigma_color: float = 15.0
+    bilateral_sigma_space: float = 9.0
 
     def problems(self) -> list[tuple[str, str]]:
         found = []
@@ -139,6 +146,13 @@ class PanopticDeepLabConfig(Section):
             found.append(("silhouette_size", "must be at least 4 (the classifier pools twice by 2)"))
         if self.silhouette_loss_weight < 0:
             found.append(("silhouette_loss_weight", "must be >= 0"))
+        if self.bilateral_iterations < 0:
+            found.append(("bilateral_iterations", "must be >= 0 (0 = off)"))
+        if self.bilateral_radius < 1:
+            found.append(("bilateral_radius", "must be at least 1"))
+        for key in ("bilateral_sigma_color", "bilateral_sigma_space"):
+            if not getattr(self, key) > 0:
+                found.append((key, "must be > 0"))
         if not self.tta_scales or min(self.tta_scales) <= 0:
             found.append(("tta_scales", "needs one or more positive scales"))
         return found

@@ -31,6 +31,7 @@ from panopticlab.models.panoptic_deeplab.network import PanopticDeepLabNetwork, 
 from panopticlab.models.panoptic_deeplab.postprocess import panoptic_deeplab_inference
 from panopticlab.models.panoptic_deeplab.targets import AddTargets, PanopticDeepLabTargetGenerator, collate_targets
 from panopticlab.models.panoptic_deeplab.tta import is_single_pass, tta_average, tta_input, tta_passes
+from panopticlab.models.bilateral import refine_heads
 from panopticlab.models.silhouette import SilhouetteClassifier, classify_by_silhouette, roughen_silhouettes
 from panopticlab.structures import PanopticResult
 
@@ -63,6 +64,10 @@ class InferenceSettings:
     class_vote: InstanceClassVote = "majority"
     tta_scales: tuple[float, ...] = (1.0,)
     tta_flip: bool = False
+    bilateral_iterations: int = 0
+    bilateral_radius: int = 9
+    bilateral_sigma_color: float = 15.0
+    bilateral_sigma_space: float = 9.0
 
 
 class PanopticDeepLab(PanopticModel):
@@ -160,6 +165,8 @@ class PanopticDeepLab(PanopticModel):
             tta_scales, tta_flip: test-time augmentation (multi-scale and horizontal flip,
                 as in the original Panoptic-DeepLab code); default: the model's settings
                 (``model.panoptic_deeplab.tta_scales`` / ``tta_flip``, a single pass unless set).
+                With ``bilateral_iterations`` > 0 in the config, the averaged heads are then
+                filtered along the image's colour edges (``models/bilateral.py``) before the grouping.
 
         Returns:
             One result per image, segments carrying dataset category ids; thing segments
@@ -174,7 +181,18 @@ class PanopticDeepLab(PanopticModel):
             for batch in _same_size_runs(as_image_tensors(images)):
                 # one network pass per run of equal-sized images: no padding, so a result does not
                 # depend on the batch it came in
-                outputs = self._heads_with_tta(torch.stack(batch).to(self.device), scales, flip)
+                image = torch.stack(batch).to(self.device)
+                outputs = self._heads_with_tta(image, scales, flip)
+                if s.bilateral_iterations > 0:
+                    outputs["sem_seg"], outputs["offset"] = refine_heads(
+                        image.float(),
+                        outputs["sem_seg"],
+                        outputs["offset"],
+                        iterations=s.bilateral_iterations,
+                        radius=s.bilateral_radius,
+                        sigma_color=s.bilateral_sigma_color,
+                        sigma_space=s.bilateral_sigma_space,
+                    )
                 run = panoptic_deeplab_inference(
                     outputs["sem_seg"],
                     outputs["center"],
@@ -295,6 +313,10 @@ def build_panoptic_deeplab_model(
         class_vote=config.class_vote,
         tta_scales=tuple(config.tta_scales),
         tta_flip=config.tta_flip,
+        bilateral_iterations=config.bilateral_iterations,
+        bilateral_radius=config.bilateral_radius,
+        bilateral_sigma_color=config.bilateral_sigma_color,
+        bilateral_sigma_space=config.bilateral_sigma_space,
     )
     silhouette = None
     if config.class_vote.startswith("silhouette"):
