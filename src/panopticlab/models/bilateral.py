@@ -88,9 +88,7 @@ def refine_heads(
     """
     weights = bilateral_weights(image, radius, sigma_color, sigma_space)
     probability = bilateral_filter(torch.softmax(sem_seg.float(), dim=1), weights, iterations)
-    height, width = offset.shape[-2:]
-    ys = torch.arange(height, device=offset.device, dtype=torch.float32).view(1, 1, height, 1).expand(1, 1, height, width)
-    xs = torch.arange(width, device=offset.device, dtype=torch.float32).view(1, 1, 1, width).expand(1, 1, height, width)
-    position = torch.cat((ys, xs), dim=1)
+    rows, columns = (torch.arange(n, device=offset.device, dtype=torch.float32) for n in offset.shape[-2:])
+    position = torch.stack(torch.meshgrid(rows, columns, indexing="ij"))[None]  # [1, 2, H, W], (y, x)
     centres = bilateral_filter(offset.float() + position, weights, iterations)
     return probability.clamp(min=1e-30).log(), centres - position
