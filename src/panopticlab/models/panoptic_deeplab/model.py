@@ -55,7 +55,8 @@ InstanceClassVote = Literal["majority", "mean_probability", "silhouette", "silho
 
 @dataclass(frozen=True)
 class InferenceSettings:
-    """Post-processing (:func:`~.postprocess.panoptic_deeplab_inference`) and test-time augmentation."""
+    """Post-processing (:func:`~.postprocess.panoptic_deeplab_inference`), test-time augmentation and the
+    test-time bilateral refinement (:func:`~panopticlab.models.bilateral.refine_heads`; 0 passes = off)."""
 
     center_threshold: float = 0.1
     nms_kernel: int = 7
