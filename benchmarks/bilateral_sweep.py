@@ -51,13 +51,12 @@ def main() -> None:
     rows = []
     for setting in settings:
         name = "none" if setting is None else "it{:g}_r{:g}_s{:g}_c{:g}".format(*setting)
-        iterations, radius, sigma_space, sigma_color = setting or (0, 1, 1.0, 1.0)
         key = "model.panoptic_deeplab.bilateral"
-        overrides = [
-            f"data.root={args.data}", f"data.test.folder={args.split}",
-            f"{key}_iterations={int(iterations)}", f"{key}_radius={int(radius)}",
-            f"{key}_sigma_space={sigma_space}", f"{key}_sigma_color={sigma_color}",
-        ]  # fmt: skip
+        overrides = [f"data.root={args.data}", f"data.test.folder={args.split}", f"{key}_iterations=0"]
+        if setting is not None:
+            iterations, radius, sigma_space, sigma_color = setting
+            overrides[-1] = f"{key}_iterations={int(iterations)}"
+            overrides += [f"{key}_radius={int(radius)}", f"{key}_sigma_space={sigma_space}", f"{key}_sigma_color={sigma_color}"]
         config = load_config(Config, args.config, overrides)
         started = time.perf_counter()
         results = test(config, args.weights, args.work / name, overwrite=True)

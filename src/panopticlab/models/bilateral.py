@@ -33,7 +33,7 @@ def _shifted(padded: Tensor, radius: int, dy: int, dx: int, height: int, width: 
 def bilateral_weights(image: Tensor, radius: int, sigma_color: float, sigma_space: float) -> Tensor:
     """float32 [B, K, H, W], K = (2 radius + 1)^2: each pixel's weight for each neighbour of its window
     (in :func:`_window_offsets` order), normalised to sum 1 over the neighbours inside the image.
-    ``image``: float [B, 3, H, W], RGB 0..255."""
+    ``image``: [B, 3, H, W], RGB 0..255, any dtype."""
     height, width = image.shape[-2:]
     image = image.float()
     padded = F.pad(image, (radius,) * 4)
@@ -77,7 +77,7 @@ def refine_heads(
     (pixel position + offset, constant over an instance, so averaging keeps it where it was inside).
 
     Args:
-        image: float [B, 3, H, W], RGB 0..255.
+        image: [B, 3, H, W], RGB 0..255 (any dtype; computed in float32).
         sem_seg: float [B, C, H, W] logits.
         offset: float [B, 2, H, W], (dy, dx) in pixels.
         iterations, radius, sigma_color, sigma_space: see :func:`bilateral_weights` and
@@ -87,8 +87,9 @@ def refine_heads(
         (sem_seg, offset) of the same shapes, float32.
     """
     weights = bilateral_weights(image, radius, sigma_color, sigma_space)
-    probability = bilateral_filter(torch.softmax(sem_seg.float(), dim=1), weights, iterations)
     rows, columns = (torch.arange(n, device=offset.device, dtype=torch.float32) for n in offset.shape[-2:])
     position = torch.stack(torch.meshgrid(rows, columns, indexing="ij"))[None]  # [1, 2, H, W], (y, x)
-    centres = bilateral_filter(offset.float() + position, weights, iterations)
+    # one filter over both maps: the channels are averaged independently, so this equals two calls
+    both = torch.cat((torch.softmax(sem_seg.float(), dim=1), offset.float() + position), dim=1)
+    probability, centres = bilateral_filter(both, weights, iterations).split((sem_seg.shape[1], 2), dim=1)
     return probability.clamp(min=1e-30).log(), centres - position

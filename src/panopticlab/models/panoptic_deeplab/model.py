@@ -186,7 +186,7 @@ class PanopticDeepLab(PanopticModel):
                 outputs = self._heads_with_tta(image, scales, flip)
                 if s.bilateral_iterations > 0:
                     outputs["sem_seg"], outputs["offset"] = refine_heads(
-                        image.float(),
+                        image,
                         outputs["sem_seg"],
                         outputs["offset"],
                         iterations=s.bilateral_iterations,
