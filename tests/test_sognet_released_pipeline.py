@@ -171,7 +171,7 @@ def test_released_pipeline_equals_the_released_merge():
         images, features, semantic = model._image_features(image, released=True)
         instances = model._instances(images, features, (50, 70), input_boxes, labels, released=True)
         instances.scores = scores
-        instance, category, kept = model._merge(instances, semantic, features, images.image_sizes[0], (50, 70), model.inference, drop_duplicates=True)
+        instance, category, kept = model._merge(instances, semantic, features, images.image_sizes[0], image, model.inference, drop_duplicates=True)
         mask_logits, _ = mask_head_outputs(model.detector, features, [input_boxes], [labels + 1], images.image_sizes)
         stride4, _ = model.semantic_head([features[k] for k in ("0", "1", "2", "3")])
     # the released semantic canvas: the stride-4 logits upsampled x4 (bilinear), cropped to the input

@@ -35,6 +35,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torchvision.models.detection.image_list import ImageList
 
@@ -45,6 +46,7 @@ from panopticlab.evaluation.overlap import OverlapRelationEvaluator
 from panopticlab.evaluation.protocol import Evaluator
 from panopticlab.masks import overlap_graph
 from panopticlab.models.base import PanopticModel, training_targets
+from panopticlab.models.bilateral import bilateral_filter, bilateral_weights
 from panopticlab.models.common import IGNORE_LABEL, ImageInput, as_image_tensors, inference_mode
 from panopticlab.models.sognet.detector import (
     FPN_LEVELS,
@@ -82,6 +84,7 @@ from panopticlab.models.sognet.released_test import nearest_to_image, paste_mask
 from panopticlab.models.sognet.relation import RelationModule, intersection_boxes, overlapping_order, relation_loss
 from panopticlab.models.sognet.semantic_head import SemanticHead, semantic_loss, semantic_roi_loss
 from panopticlab.models.sognet.settings import InferenceSettings, InputSizing, TrainingSettings, resolve_settings
+from panopticlab.models.silhouette import SilhouetteClassifier, classify_by_silhouette, roughen_silhouettes, silhouette_crops
 from panopticlab.models.sognet.targets import (
     PrepareTrainingItem,
     pad_to,
@@ -103,6 +106,9 @@ class SOGNet(PanopticModel):
         sizing: the network's input size.
         training: loss weights and panoptic-head training options.
         inference: the instance set and the merge.
+        silhouette: the classifier of ``class_vote: silhouette`` (``models/silhouette.py``), trained
+            beside the network (``loss_silhouette``); None for the box classes.
+        silhouette_size: the side of its input crops.
     """
 
     uses_instances = True  # amodal masks train the detector and the relation, and score the relation
@@ -116,11 +122,17 @@ class SOGNet(PanopticModel):
         sizing: InputSizing = InputSizing(),
         training: TrainingSettings = TrainingSettings(),
         inference: InferenceSettings = InferenceSettings(),
+        silhouette: SilhouetteClassifier | None = None,
+        silhouette_size: int = 32,
     ):
         super().__init__(categories)
+        if silhouette is None and inference.class_vote == "silhouette":
+            raise ValueError("class_vote 'silhouette' needs a silhouette classifier")
         self.detector = detector
         self.semantic_head = semantic_head
         self.relation = relation
+        self.silhouette = silhouette
+        self.silhouette_size = silhouette_size
         self.sizing = sizing
         self.training_settings = training
         self.inference = inference
@@ -144,7 +156,7 @@ class SOGNet(PanopticModel):
         :meth:`data_transform`) -> the weighted losses: Mask R-CNN's five (``loss_objectness``,
         ``loss_rpn_box_reg``, ``loss_classifier``, ``loss_box_reg``, ``loss_mask``), ``loss_sem_seg``,
         ``loss_sem_roi``, and unless ``panoptic: heuristic`` ``loss_panoptic`` (+ ``loss_relation``
-        for SOGNet)."""
+        for SOGNet); ``loss_silhouette`` with a silhouette classifier."""
         settings = self.training_settings
         targets = [_to_device(t, self.device) for t in training_targets(batch)]
         images = self._preprocess([item["image"].to(self.device).float() for item in batch])
@@ -180,7 +192,18 @@ class SOGNet(PanopticModel):
             losses["loss_panoptic"] = settings.panoptic_loss_weight * panoptic
             if self.relation is not None:
                 losses["loss_relation"] = settings.relation_loss_weight * relation
+        if self.silhouette is not None:
+            losses["loss_silhouette"] = settings.silhouette_loss_weight * self._silhouette_loss(targets)
         return losses
+
+    def _silhouette_loss(self, targets: list[dict[str, Any]]) -> Tensor:
+        """Cross-entropy of the silhouette classifier on the roughened crops of the training
+        instances' visible segments (ground truth at input resolution)."""
+        crops = torch.cat([silhouette_crops(_instance_slots(t), len(t["labels"]), self.silhouette_size) for t in targets])
+        classes = torch.cat([t["labels"] for t in targets])
+        if classes.numel() == 0:
+            return sum(p.sum() for p in self.silhouette.parameters()) * 0.0
+        return F.cross_entropy(self.silhouette(roughen_silhouettes(crops)), classes)
 
     def _panoptic_losses(
         self,
@@ -348,8 +371,13 @@ class SOGNet(PanopticModel):
         )[0]
         instances = self._instances(images, features, (height, width), detections["boxes"], detections["labels"] - 1, released=s.released_pipeline)
         instances.scores = detections["scores"]
-        instance, category, kept = self._merge(instances, semantic, features, images.image_sizes[0], (height, width), s, drop_duplicates=True)
-        return assemble_result(instance, category, instances.contiguous[kept], instances.scores[kept], self.categories)
+        instance, category, kept = self._merge(
+            instances, semantic, features, images.image_sizes[0], image, s, drop_duplicates=True
+        )
+        result = assemble_result(instance, category, instances.contiguous[kept], instances.scores[kept], self.categories)
+        if s.class_vote == "silhouette":
+            result = classify_by_silhouette(result, self.silhouette, self.silhouette_size, self.categories.thing_ids)
+        return result
 
     def merge_given(
         self,
@@ -399,7 +427,7 @@ class SOGNet(PanopticModel):
                 # on all the instances once: the merge uses its rows and columns of the overlapping ones
                 module_relation = self._relation(things, instances.input_boxes, instances.appearance, (features, images.image_sizes[0]))
             instance, category, kept = self._merge(
-                instances, semantic, features, images.image_sizes[0], (height, width), settings, drop_duplicates=False,
+                instances, semantic, features, images.image_sizes[0], image, settings, drop_duplicates=False,
                 relation=module_relation if relation is None else relation,
             )  # fmt: skip
             result = assemble_result(instance, category, instances.contiguous[kept], instances.scores[kept], self.categories)
@@ -447,25 +475,37 @@ class SOGNet(PanopticModel):
         semantic: Tensor,
         features: dict[str, Tensor],
         input_size: tuple[int, int],
-        image_size: tuple[int, int],
+        image: Tensor,
         s: InferenceSettings,
         *,
         drop_duplicates: bool,
         relation: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Instances + semantic logits [C, h, w] on the merge's canvas -> the assignment ``(instance,
-        category)`` at ``image_size`` (int64 [H, W] each; ``instance`` indexes the kept instances)
-        and the kept indices into ``instances``.
+        category)`` at the size of ``image`` ([3, H, W], RGB 0..255; int64 [H, W] each; ``instance``
+        indexes the kept instances) and the kept indices into ``instances``.
 
         ``drop_duplicates``: the released same-class removal (detections); ``relation``: a given O
         [N, N] instead of the module's. With ``s.released_pipeline`` the canvas is the input's and
-        the argmax maps are brought to the image before the relabelling and the stuff area limit."""
+        the argmax maps are brought to the image before the relabelling and the stuff area limit.
+        With ``s.bilateral_iterations`` the panoptic logits' softmax (the heuristic merge: the semantic
+        softmax and each mask's sigmoid) is filtered along the image's edges before the argmax (the
+        canvas is then the image's)."""
+        image_size = tuple(image.shape[-2:])
         height, width = semantic.shape[-2:]
         semantic_argmax = semantic.argmax(dim=0)
         everyone = torch.arange(len(instances.labels), device=self.device)
         if s.merge == "heuristic":
             order = torch.sort(instances.scores, descending=True, stable=True).indices
-            instance, category = heuristic_assignment(instances.masks[order] > 0, semantic_argmax, self.labels, min_unoccupied=s.min_unoccupied)
+            masks = instances.masks[order] > 0
+            if s.bilateral_iterations > 0:
+                # a mask is its logits > 0, inside its box only (the logits are 0 outside: sigmoid 0.5)
+                inside = box_support(instances.boxes[order].float(), height, width)
+                mask_probability = torch.sigmoid(instances.masks[order].float()) * inside
+                probabilities = torch.cat((torch.softmax(semantic.float(), dim=0), mask_probability))
+                semantic_probability, mask_probability = self._refine(image, probabilities, s).split((len(semantic), len(order)))
+                semantic_argmax, masks = semantic_probability.argmax(dim=0), mask_probability > 0.5
+            instance, category = heuristic_assignment(masks, semantic_argmax, self.labels, min_unoccupied=s.min_unoccupied)
             if s.released_pipeline:
                 instance, category = self._to_image(torch.stack([instance, category]), image_size).unbind(0)
             return instance, remove_small_stuff(instance, category, s.stuff_area), order
@@ -485,6 +525,8 @@ class SOGNet(PanopticModel):
             semantic, masks, labels, crop, x2mask=s.x2mask, unknown=s.unknown_class,
             exclude_outside=support if s.exclude_outside_box else None,
         )  # fmt: skip
+        if s.bilateral_iterations > 0:
+            logits = self._refine(image, torch.softmax(logits.float(), dim=0), s)
         instance, category = winner_assignment(logits, len(kept), self.labels, has_unknown=s.unknown_class)
         if s.released_pipeline:
             instance, category, semantic_argmax = self._to_image(torch.stack([instance, category, semantic_argmax]), image_size).unbind(0)
@@ -492,6 +534,12 @@ class SOGNet(PanopticModel):
             instance, category, semantic_argmax, instances.contiguous[kept], self.labels, relabel_fraction=s.relabel_fraction
         )
         return instance, remove_small_stuff(instance, category, s.stuff_area), kept
+
+    @staticmethod
+    def _refine(image: Tensor, probabilities: Tensor, s: InferenceSettings) -> Tensor:
+        """Maps float [K, H, W] filtered along the edges of ``image`` ([3, H, W], RGB 0..255), ``models/bilateral.py``."""
+        weights = bilateral_weights(image[None].to(probabilities.device), s.bilateral_radius, s.bilateral_sigma_color, s.bilateral_sigma_space)
+        return bilateral_filter(probabilities[None], weights, s.bilateral_iterations)[0]
 
     def _to_image(self, maps: Tensor, image_size: tuple[int, int]) -> Tensor:
         """int64 maps [K, h, w] of the input -> [K, H, W] of the image (the released nearest resize)."""
@@ -572,7 +620,10 @@ def build_sognet_model(config: SOGNetConfig, categories: Categories) -> SOGNet:
             region_in_channels=config.fpn_channels,
         )
     sizing, training, inference = resolve_settings(config)
-    return SOGNet(detector, semantic_head, relation, categories, sizing, training, inference)
+    silhouette = None
+    if config.use_silhouette_classifier:
+        silhouette = SilhouetteClassifier(labels.num_things, width=config.silhouette_width)
+    return SOGNet(detector, semantic_head, relation, categories, sizing, training, inference, silhouette, config.silhouette_size)
 
 
 @dataclass
@@ -622,6 +673,14 @@ def _box_scale(input_size: tuple[int, int], image_size: tuple[int, int], device:
 def _visible_masks(targets: dict[str, Any]) -> Tensor:
     """bool [N, H, W]: each training instance's visible segment."""
     return targets["id_map"][None].to(torch.int64) == targets["segment_ids"][:, None, None]
+
+
+def _instance_slots(targets: dict[str, Any]) -> Tensor:
+    """int64 [H, W]: k on the visible segment of training instance k - 1, 0 elsewhere."""
+    slots = torch.zeros(targets["id_map"].shape, dtype=torch.int64, device=targets["id_map"].device)
+    for k, segment in enumerate(targets["segment_ids"].tolist()):
+        slots[targets["id_map"] == segment] = k + 1
+    return slots
 
 
 def _one_image(features: dict[str, Tensor], b: int) -> dict[str, Tensor]:
