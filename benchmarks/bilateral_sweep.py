@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-SUMMARY_KEYS = ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "PQ_th_agnostic", "mIoU")
+SUMMARY_KEYS = ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "PQ_th_agnostic", "mIoU", "AP", "overlap_F1", "overlap_direction")
 
 
 def main() -> None:

@@ -6,19 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import panopticlab.models.sognet.model as sognet_model
 from panopticlab.errors import InputError
-from panopticlab.models.sognet.model import _instance_slots
+from panopticlab.models.silhouette import roughen_silhouettes, silhouette_crops
+from panopticlab.models.sognet.model import _visible_masks
 from test_sognet_merge_given import BOXES, LABELS, constant_model
 from test_sognet_model import shapes_items, tiny_model, with_targets
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def test_instance_slots_number_the_training_instances_visible_segments_in_order():
-    targets = {"id_map": torch.tensor([[5, 5, 0], [7, 0, 9]], dtype=torch.int32), "segment_ids": torch.tensor([7, 5])}
-    assert _instance_slots(targets).tolist() == [[2, 2, 0], [1, 0, 0]]
 
 
 def test_training_adds_a_silhouette_loss_whose_gradient_reaches_the_classifier_only_through_it():
@@ -30,6 +27,14 @@ def test_training_adds_a_silhouette_loss_whose_gradient_reaches_the_classifier_o
     losses["loss_silhouette"].backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.silhouette.parameters())
     assert all(p.grad is None for part in (model.detector, model.semantic_head, model.relation) for p in part.parameters())
+    # the crops are each training instance's visible segment, cut out alone, in order
+    targets = [item["targets"] for item in with_targets(model, shapes_items(2))]
+    torch.manual_seed(0)
+    loss = model._silhouette_loss(targets)
+    crops = torch.cat([silhouette_crops(visible.long(), 1, model.silhouette_size) for t in targets for visible in _visible_masks(t)])
+    classes = torch.cat([t["labels"] for t in targets])
+    torch.manual_seed(0)
+    torch.testing.assert_close(loss, F.cross_entropy(model.silhouette(roughen_silhouettes(crops)), classes))
     # the box classes build no classifier unless asked to (to test such weights with the box classes)
     assert tiny_model().silhouette is None
     assert tiny_model(silhouette_classifier=True).silhouette is not None

@@ -48,6 +48,13 @@ from panopticlab.masks import overlap_graph
 from panopticlab.models.base import PanopticModel, training_targets
 from panopticlab.models.bilateral import bilateral_filter, bilateral_weights
 from panopticlab.models.common import IGNORE_LABEL, ImageInput, as_image_tensors, inference_mode
+from panopticlab.models.silhouette import (
+    SilhouetteClassifier,
+    classify_by_silhouette,
+    instance_index_map,
+    roughen_silhouettes,
+    silhouette_crops,
+)
 from panopticlab.models.sognet.detector import (
     FPN_LEVELS,
     Detector,
@@ -84,7 +91,6 @@ from panopticlab.models.sognet.released_test import nearest_to_image, paste_mask
 from panopticlab.models.sognet.relation import RelationModule, intersection_boxes, overlapping_order, relation_loss
 from panopticlab.models.sognet.semantic_head import SemanticHead, semantic_loss, semantic_roi_loss
 from panopticlab.models.sognet.settings import InferenceSettings, InputSizing, TrainingSettings, resolve_settings
-from panopticlab.models.silhouette import SilhouetteClassifier, classify_by_silhouette, roughen_silhouettes, silhouette_crops
 from panopticlab.models.sognet.targets import (
     PrepareTrainingItem,
     pad_to,
@@ -199,7 +205,10 @@ class SOGNet(PanopticModel):
     def _silhouette_loss(self, targets: list[dict[str, Any]]) -> Tensor:
         """Cross-entropy of the silhouette classifier on the roughened crops of the training
         instances' visible segments (ground truth at input resolution)."""
-        crops = torch.cat([silhouette_crops(_instance_slots(t), len(t["labels"]), self.silhouette_size) for t in targets])
+        crops = torch.cat([
+            silhouette_crops(instance_index_map(t["id_map"], t["segment_ids"].tolist()), len(t["labels"]), self.silhouette_size)
+            for t in targets
+        ])  # fmt: skip
         classes = torch.cat([t["labels"] for t in targets])
         if classes.numel() == 0:
             return sum(p.sum() for p in self.silhouette.parameters()) * 0.0
@@ -673,14 +682,6 @@ def _box_scale(input_size: tuple[int, int], image_size: tuple[int, int], device:
 def _visible_masks(targets: dict[str, Any]) -> Tensor:
     """bool [N, H, W]: each training instance's visible segment."""
     return targets["id_map"][None].to(torch.int64) == targets["segment_ids"][:, None, None]
-
-
-def _instance_slots(targets: dict[str, Any]) -> Tensor:
-    """int64 [H, W]: k on the visible segment of training instance k - 1, 0 elsewhere."""
-    slots = torch.zeros(targets["id_map"].shape, dtype=torch.int64, device=targets["id_map"].device)
-    for k, segment in enumerate(targets["segment_ids"].tolist()):
-        slots[targets["id_map"] == segment] = k + 1
-    return slots
 
 
 def _one_image(features: dict[str, Tensor], b: int) -> dict[str, Tensor]:

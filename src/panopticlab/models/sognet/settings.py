@@ -109,8 +109,8 @@ class InferenceSettings:
     #: each thing's class from the detector's box head (``box``) or from its segment's outline
     #: (``silhouette``, the model's silhouette classifier)
     class_vote: Literal["box", "silhouette"] = "box"
-    #: the panoptic logits' softmax filtered along the image's colour edges (``models/bilateral.py``;
-    #: 0 passes = off) before the argmax
+    #: the panoptic logits' softmax (the heuristic merge: the semantic softmax and the masks' sigmoids)
+    #: filtered along the image's colour edges (``models/bilateral.py``; 0 passes = off) before the argmax
     bilateral_iterations: int = 0
     bilateral_radius: int = 9
     bilateral_sigma_color: float = 15.0
