@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from panopticlab.config.loading import Section
+from panopticlab.config.shape_options import shape_option_problems
 
 
 @dataclass
@@ -140,19 +141,7 @@ class PanopticDeepLabConfig(Section):
             found.append(("top_k_percent", "must lie in (0, 1]"))
         if self.nms_kernel < 1 or self.nms_kernel % 2 == 0:
             found.append(("nms_kernel", "must be an odd positive integer"))
-        if self.silhouette_width < 1:
-            found.append(("silhouette_width", "must be at least 1"))
-        if self.silhouette_size < 4:
-            found.append(("silhouette_size", "must be at least 4 (the classifier pools twice by 2)"))
-        if self.silhouette_loss_weight < 0:
-            found.append(("silhouette_loss_weight", "must be >= 0"))
-        if self.bilateral_iterations < 0:
-            found.append(("bilateral_iterations", "must be >= 0 (0 = off)"))
-        if self.bilateral_radius < 1:
-            found.append(("bilateral_radius", "must be at least 1"))
-        for key in ("bilateral_sigma_color", "bilateral_sigma_space"):
-            if not getattr(self, key) > 0:
-                found.append((key, "must be > 0"))
+        found += shape_option_problems(self)
         if not self.tta_scales or min(self.tta_scales) <= 0:
             found.append(("tta_scales", "needs one or more positive scales"))
         return found

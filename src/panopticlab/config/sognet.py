@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from panopticlab.config.loading import Section
+from panopticlab.config.shape_options import shape_option_problems
 
 Method = Literal["sognet", "upsnet", "heuristic"]
 
@@ -247,20 +248,10 @@ class SOGNetConfig(Section):
             found.append(("stuff_area", "must be >= 0"))
         if self.class_vote == "silhouette" and self.silhouette_classifier is False:
             found.append(("silhouette_classifier", "class_vote silhouette needs the classifier (true or null)"))
-        if self.silhouette_width < 1:
-            found.append(("silhouette_width", "must be at least 1"))
-        if self.silhouette_size < 4:
-            found.append(("silhouette_size", "must be at least 4 (the classifier pools twice by 2)"))
-        if self.bilateral_iterations < 0:
-            found.append(("bilateral_iterations", "must be >= 0 (0 = off)"))
-        elif self.bilateral_iterations > 0 and self.test_pipeline == "released":
+        found += shape_option_problems(self)
+        if self.bilateral_iterations > 0 and self.test_pipeline == "released":
             found.append(("bilateral_iterations", "needs test_pipeline: panopticlab (the merge at the image's resolution)"))
-        if self.bilateral_radius < 1:
-            found.append(("bilateral_radius", "must be at least 1"))
-        for key in ("bilateral_sigma_color", "bilateral_sigma_space"):
-            if not getattr(self, key) > 0:
-                found.append((key, "must be > 0"))
-        weights = ("detector", "semantic", "semantic_roi", "panoptic", "relation", "silhouette")
+        weights = ("detector", "semantic", "semantic_roi", "panoptic", "relation")
         found += [(f"{w}_loss_weight", "must be >= 0") for w in weights if getattr(self, f"{w}_loss_weight") < 0]
         return found
 
