@@ -70,8 +70,8 @@ def case_configs(args: argparse.Namespace, data_root: Path) -> dict[str, Config]
     # the demo's network before issue 13: the ASPP on res5 at detectron2's rates
     res5 = load_config(Config, SHAPES_CONFIG, ["model.panoptic_deeplab.aspp_feature=res5", "model.panoptic_deeplab.aspp_dilations=[6,12,18]"])
     cases["shapes_res5"] = (res5, size[0], size[1], args.shapes_batch)
-    # the demo before its silhouette classifier (class_vote: silhouette)
-    voted = load_config(Config, SHAPES_CONFIG, ["model.panoptic_deeplab.class_vote=mean_probability"])
+    # the demo before its silhouette vote (the add-on model.addons.silhouette)
+    voted = load_config(Config, SHAPES_CONFIG, ["model.addons.silhouette=null"])
     cases["shapes_mean_probability"] = (voted, size[0], size[1], args.shapes_batch)
     sognet_cases = (
         ("sognet_shapes", []),

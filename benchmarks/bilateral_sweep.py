@@ -1,8 +1,8 @@
-"""The test-time bilateral refinement (``models/bilateral.py``) on trained weights: PQ and time per setting.
+"""The test-time bilateral refinement add-on (``models/addons/bilateral.py``) on trained weights: PQ and time per setting.
 
-Evaluates one set of weights (Panoptic-DeepLab, or SOGNet / UPSNet with ``--section model.sognet``)
-on a split with each refinement setting (``bilateral_iterations``, ``bilateral_radius``,
-``bilateral_sigma_space``, ``bilateral_sigma_color``), and once without it, the peer: same weights,
+Evaluates one set of weights (Panoptic-DeepLab, SOGNet, UPSNet or the heuristic merge) on a split
+with each refinement setting (``model.addons.bilateral``: ``iterations``, ``radius``,
+``sigma_space``, ``sigma_color``), and once without it, the peer: same weights,
 same images, same process; with ``--grid KEY=V1,V2,...`` for every combination of those values. Each row gives the
 split's PQ table and the seconds the whole test took per image (network, refinement,
 post-processing and evaluation), the ratio to the unrefined run beside it. Choose a setting on a
@@ -12,9 +12,9 @@ split that is not the one you report on (the demo's data: ``tune`` is generated 
     python benchmarks/bilateral_sweep.py --config outputs/demo/train/config.yaml \\
         --weights outputs/demo/train/model_final.safetensors --data outputs/demo/data --split tune \\
         --settings 5,9,9,30 10,7,7,30 --output benchmarks/results/demo/bilateral_sweep_tune.json
-    python benchmarks/bilateral_sweep.py --section model.sognet --config RUN/config.yaml --weights \
+    python benchmarks/bilateral_sweep.py --config RUN/config.yaml --weights \
         RUN/model_final.safetensors --data outputs/shapes_default_overlap --split tune --settings 5,9,9,15 \
-        --grid model.sognet.class_vote=box,silhouette model.sognet.score_threshold=0.2,0.3
+        --grid model.addons.silhouette.relabel=false,true model.sognet.score_threshold=0.2,0.3
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=2, help="generator seed of an absent split (the demo's data)")
     parser.add_argument("--images", type=int, default=100, help="images of an absent split")
     parser.add_argument("--settings", nargs="+", required=True, metavar="ITER,RADIUS,SIGMA_SPACE,SIGMA_COLOR")
-    parser.add_argument("--section", default="model.panoptic_deeplab", help="the config section of the refinement's keys")
     parser.add_argument("--grid", nargs="*", default=[], metavar="KEY=V1,V2", help="other test settings, every combination")
     parser.add_argument("--work", type=Path, default=Path("outputs") / "bilateral_sweep")
     parser.add_argument("--threads", type=int, default=2)
@@ -61,13 +60,13 @@ def main() -> None:
     for values, setting in itertools.product(itertools.product(*grid_values), settings):
         name = "none" if setting is None else "it{:g}_r{:g}_s{:g}_c{:g}".format(*setting)
         name = "_".join([*(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in zip(grid_keys, values)), name])
-        key = f"{args.section}.bilateral"
+        key = "model.addons.bilateral"
         grid = [f"{k}={v}" for k, v in zip(grid_keys, values)]
-        overrides = [f"data.root={args.data}", f"data.test.folder={args.split}", *grid, f"{key}_iterations=0"]
+        overrides = [f"data.root={args.data}", f"data.test.folder={args.split}", *grid, f"{key}=null"]
         if setting is not None:
             iterations, radius, sigma_space, sigma_color = setting
-            overrides[-1] = f"{key}_iterations={int(iterations)}"
-            overrides += [f"{key}_radius={int(radius)}", f"{key}_sigma_space={sigma_space}", f"{key}_sigma_color={sigma_color}"]
+            overrides[-1] = f"{key}.iterations={int(iterations)}"
+            overrides += [f"{key}.radius={int(radius)}", f"{key}.sigma_space={sigma_space}", f"{key}.sigma_color={sigma_color}"]
         config = load_config(Config, args.config, overrides)
         started = time.perf_counter()
         results = test(config, args.weights, args.work / name, overwrite=True)

@@ -1,8 +1,8 @@
 """How well can a thing's class be read from its predicted mask? The silhouette classifier on matched things.
 
-The demo classifies things from their masks (``class_vote: silhouette``, docs/panoptic_deeplab.md).
+The demo classifies things from their masks (the ``silhouette`` add-on, docs/panoptic_deeplab.md).
 This script asks how much of what it misses is the predicted masks' outline: a
-:class:`~panopticlab.models.silhouette.SilhouetteClassifier` is trained for a fixed wall-clock
+:class:`~panopticlab.models.addons.silhouette.SilhouetteClassifier` is trained for a fixed wall-clock
 time on the roughened ground-truth masks of a training split on disk (as the demo trains it:
 batches of 64 crops, Adam 3e-3, every other batch mirrored), then every predicted thing of a
 prediction folder that matches a ground-truth thing (IoU > 0.5, any class) is classified twice,
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from panopticlab.data.coco_panoptic import read_panoptic_png
 from panopticlab.fileio import write_json
-from panopticlab.models.silhouette import SilhouetteClassifier, instance_index_map, roughen_silhouettes, silhouette_crops
+from panopticlab.models.addons.silhouette import SilhouetteClassifier, instance_index_map, roughen_silhouettes, silhouette_crops
 
 
 def load(folder: Path) -> tuple[dict[str, dict], set[int]]:

@@ -98,3 +98,41 @@ def test_evaluation_imports_no_model():
     loaded = _modules_loaded_by("import panopticlab.evaluation, panopticlab.evaluation.cityscapes_instance")
     assert [m for m in loaded if m.startswith("panopticlab.models")] == []
     assert [m for m in loaded if m.startswith("torchvision.models.detection")] == []
+
+
+def _addon_words() -> set[str]:
+    """Every add-on's name, class name and module name (models/addons/)."""
+    import inspect
+
+    from panopticlab.models import addons
+    from panopticlab.models.base import AddOn
+
+    classes = [c for c in vars(addons).values() if inspect.isclass(c) and issubclass(c, AddOn) and c is not AddOn]
+    assert classes, "models/addons/ exports no add-on"
+    return {w.lower() for c in classes for w in (c.name, c.__name__, c.__module__.rsplit(".", 1)[-1])}
+
+
+def _files_naming(folder: Path, words: set[str]) -> list[str]:
+    """``file:line: word`` for each line of the Python files under ``folder`` that names one of ``words``
+    or imports ``panopticlab.models.addons`` (docstrings and comments included)."""
+    found = []
+    for path in sorted(folder.rglob("*.py")):
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            lowered = line.lower()
+            found += [f"{path.name}:{number}: {w}" for w in sorted(words) if w in lowered]
+            if "models.addons" in lowered or "models import addons" in lowered:
+                found.append(f"{path.name}:{number}: imports models.addons")
+    return found
+
+
+@pytest.mark.parametrize("family", ["panoptic_deeplab", "sognet"])
+def test_no_family_module_imports_or_names_an_addon(family):
+    """The families call add-ons through the contract only (models/base.py), so a new add-on or a
+    new family needs no change on the other side."""
+    assert _files_naming(REPO / "src" / "panopticlab" / "models" / family, _addon_words()) == []
+
+
+def test_the_addon_scan_finds_what_it_forbids():
+    words = _addon_words()
+    assert {"silhouette", "bilateral"} <= words
+    assert any("silhouette" in f for f in _files_naming(REPO / "src" / "panopticlab" / "models" / "addons", words))

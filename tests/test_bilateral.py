@@ -1,4 +1,4 @@
-"""The test-time joint bilateral refinement (models/bilateral.py) and Panoptic-DeepLab's bilateral_* options."""
+"""The test-time joint bilateral refinement add-on (models/addons/bilateral.py), given to Panoptic-DeepLab."""
 
 import numpy as np
 import pytest
@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from panopticlab.config import Config, from_dict
 from panopticlab.errors import InputError
 from panopticlab.models import build_model
-from panopticlab.models.bilateral import bilateral_filter, bilateral_weights, refine_heads
+from panopticlab.models.addons.bilateral import BilateralRefinement, bilateral_filter, bilateral_weights
+from panopticlab.models.panoptic_deeplab.model import refined_heads
 from panopticlab.models.panoptic_deeplab.postprocess import panoptic_deeplab_inference
 from test_pd_model import TINY, shapes_items
 
@@ -72,8 +73,11 @@ def test_refined_heads_are_log_probabilities_and_keep_an_instances_centre():
     offset = torch.stack((5.5 - ys, 5.5 - xs))[None]
     torch.manual_seed(1)
     sem_seg = torch.randn(1, 3, 12, 12)
-    options = dict(iterations=4, radius=2, sigma_color=20.0, sigma_space=2.0)
-    refined_sem_seg, refined_offset = refine_heads(image, sem_seg, offset, **options)
+    refinement = BilateralRefinement(iterations=4, radius=2, sigma_color=20.0, sigma_space=2.0)
+    center = torch.rand(1, 1, 12, 12)
+    refined = refined_heads(image, {"sem_seg": sem_seg, "center": center, "offset": offset}, refinement.refine)
+    refined_sem_seg, refined_offset = refined["sem_seg"], refined["offset"]
+    assert refined["center"] is center
     assert refined_sem_seg.shape == sem_seg.shape and refined_offset.shape == offset.shape
     weights = bilateral_weights(image, 2, 20.0, 2.0)
     assert torch.allclose(refined_sem_seg.exp(), bilateral_filter(torch.softmax(sem_seg, dim=1), weights, 4), atol=1e-6)
@@ -82,19 +86,22 @@ def test_refined_heads_are_log_probabilities_and_keep_an_instances_centre():
 
 
 def bilateral_model(**options):
+    """The tiny model, given the bilateral refinement with these settings (none: not given)."""
     torch.manual_seed(0)
-    section = {**TINY["panoptic_deeplab"], "center_threshold": -1.0, **options}
-    return build_model(from_dict(Config, {"model": {**TINY, "panoptic_deeplab": section}}))
+    section = {**TINY["panoptic_deeplab"], "center_threshold": -1.0}
+    addons = {"bilateral": options} if options else {}
+    return build_model(from_dict(Config, {"model": {**TINY, "panoptic_deeplab": section, "addons": addons}}))
 
 
 def test_predict_groups_the_refined_heads():
-    model = bilateral_model(bilateral_iterations=2, bilateral_radius=3, bilateral_sigma_color=25.0, bilateral_sigma_space=2.0)
+    model = bilateral_model(iterations=2, radius=3, sigma_color=25.0, sigma_space=2.0)
     samples, _ = shapes_items(2)
     image = torch.stack([torch.from_numpy(s.image.transpose(2, 0, 1).copy()) for s in samples])
     with torch.no_grad():
         heads = model.eval().forward_heads(image.float())
-        options = dict(iterations=2, radius=3, sigma_color=25.0, sigma_space=2.0)
-        sem_seg, offset = refine_heads(image.float(), heads["sem_seg"], heads["offset"], **options)
+        refinement = BilateralRefinement(iterations=2, radius=3, sigma_color=25.0, sigma_space=2.0)
+        refined = refined_heads(image.float(), heads, refinement.refine)
+        sem_seg, offset = refined["sem_seg"], refined["offset"]
         s = model.inference
         expected = panoptic_deeplab_inference(
             sem_seg, heads["center"], offset, thing_ids=model.thing_ids, stuff_area=s.stuff_area, threshold=s.center_threshold,
@@ -110,16 +117,16 @@ def test_predict_groups_the_refined_heads():
 
 @pytest.mark.parametrize(
     "key, value",
-    [("bilateral_iterations", -1), ("bilateral_radius", 0), ("bilateral_sigma_color", 0.0), ("bilateral_sigma_space", -2.0)],
+    [("iterations", -1), ("radius", 0), ("sigma_color", 0.0), ("sigma_space", -2.0)],
 )
 def test_bad_bilateral_values_are_named(key, value):
-    with pytest.raises(InputError, match=key):
+    with pytest.raises(InputError, match=f"bilateral.{key}"):
         bilateral_model(**{key: value})
 
 
 def test_torchscript_export_refuses_the_bilateral_refinement(tmp_path):
     from panopticlab.export import export_torchscript
 
-    with pytest.raises(InputError, match="bilateral_iterations"):
-        export_torchscript(bilateral_model(bilateral_iterations=1), tmp_path / "model.pt")
+    with pytest.raises(InputError, match="add-ons .model.addons: bilateral"):
+        export_torchscript(bilateral_model(iterations=1), tmp_path / "model.pt")
     assert not (tmp_path / "model.pt").exists()

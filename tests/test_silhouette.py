@@ -1,4 +1,4 @@
-"""The silhouette classifier option (models/silhouette.py) and Panoptic-DeepLab's silhouette class votes."""
+"""The silhouette vote add-on (models/addons/silhouette.py), given to Panoptic-DeepLab."""
 
 import numpy as np
 import pytest
@@ -7,8 +7,14 @@ import torch
 from panopticlab.config import Config, from_dict
 from panopticlab.errors import InputError
 from panopticlab.models import build_model
-from panopticlab.models.panoptic_deeplab.targets import collate_targets, silhouette_targets
-from panopticlab.models.silhouette import SilhouetteClassifier, instance_index_map, roughen_silhouettes, silhouette_crops
+from panopticlab.models.addons.silhouette import (
+    SilhouetteClassifier,
+    SilhouetteTargets,
+    instance_index_map,
+    roughen_silhouettes,
+    silhouette_crops,
+)
+from panopticlab.models.base import ADDON_TARGETS
 from panopticlab.structures import PanopticResult, Segment
 from test_pd_model import TINY, shapes_items
 
@@ -91,46 +97,64 @@ def test_training_targets_are_the_non_crowd_things_with_pixels_in_contiguous_ids
         Segment(9, category_id=11, isthing=False, area=100, bbox=[0, 15, 20, 5]),
         Segment(10, category_id=5, isthing=True, area=0, bbox=[0, 0, 0, 0]),  # cropped away
     ]
-    targets = silhouette_targets(PanopticResult(id_map, segments), {3: 2, 5: 4, 11: 6}, size=10)
-    assert targets["silhouette_classes"].tolist() == [2]
+    item = SilhouetteTargets({3: 2, 5: 4}, size=10)({"panoptic": PanopticResult(id_map, segments)})
+    targets = item[ADDON_TARGETS]["silhouette"]
+    assert targets["classes"].tolist() == [2]  # thing indices
     expected = torch.zeros(10, 10)
     expected[3:7, 2:8] = 1
-    assert torch.equal(targets["silhouettes"][0, 0], expected)
+    assert torch.equal(targets["crops"][0, 0], expected)
 
 
-def silhouette_model(class_vote: str = "silhouette", seed: int = 0):
-    """The tiny test model with a small silhouette classifier; every heatmap value is a centre
-    candidate (threshold -1), so that an untrained network still groups things."""
+def test_with_instances_the_crops_follow_the_instances_order_once_per_visible_segment():
+    id_map = np.zeros((12, 12), dtype=np.int32)
+    id_map[0:4, 0:4], id_map[6:9, 6:12] = 7, 8
+    segments = [
+        Segment(7, category_id=3, isthing=True, area=16, bbox=[0, 0, 4, 4]),
+        Segment(8, category_id=5, isthing=True, area=18, bbox=[6, 6, 6, 3]),
+    ]
+    # instances: 8's, a hidden one (no segment: 0), 7's, and 8's again
+    instances = {"panoptic_segment_ids": torch.tensor([8, 0, 7, 8])}
+    transform = SilhouetteTargets({3: 0, 5: 1}, size=8)
+    with_instances = transform({"panoptic": PanopticResult(id_map, segments), "instances": instances})[ADDON_TARGETS]["silhouette"]
+    without = transform({"panoptic": PanopticResult(id_map, segments)})[ADDON_TARGETS]["silhouette"]
+    assert with_instances["classes"].tolist() == [1, 0] and without["classes"].tolist() == [0, 1]
+    assert torch.equal(with_instances["crops"], without["crops"].flip(0))
+
+
+def silhouette_model(vote: dict | None = None, seed: int = 0):
+    """The tiny test model (grouping vote mean_probability) with a small silhouette vote of these
+    settings (None: no silhouette vote); every heatmap value is a centre candidate (threshold -1),
+    so that an untrained network still groups things."""
     torch.manual_seed(seed)
-    section = {
-        **TINY["panoptic_deeplab"], "class_vote": class_vote, "silhouette_width": 4, "silhouette_size": 16,
-        "center_threshold": -1.0,
-    }  # fmt: skip
-    return build_model(from_dict(Config, {"model": {**TINY, "panoptic_deeplab": section}}))
+    section = {**TINY["panoptic_deeplab"], "class_vote": "mean_probability", "center_threshold": -1.0}
+    addons = {} if vote is None else {"silhouette": {"width": 4, "size": 16, **vote}}
+    return build_model(from_dict(Config, {"model": {**TINY, "panoptic_deeplab": section, "addons": addons}}))
 
 
 def test_training_adds_a_silhouette_loss_whose_gradient_reaches_the_classifier_only_through_it():
-    model = silhouette_model()
+    model = silhouette_model({})
     _, items = shapes_items(2)
     items = [model.data_transform()(item) for item in items]
-    batch = collate_targets([item["targets"] for item in items])
-    assert batch["silhouettes"].shape[0] == batch["silhouette_classes"].shape[0] > 2
-    assert all(model.categories.ids[int(c)] in model.categories.thing_ids for c in batch["silhouette_classes"])
+    crops = torch.cat([item[ADDON_TARGETS]["silhouette"]["crops"] for item in items])
+    classes = torch.cat([item[ADDON_TARGETS]["silhouette"]["classes"] for item in items])
+    assert crops.shape[0] == classes.shape[0] > 2
+    assert all(0 <= int(c) < len(model.categories.thing_ids) for c in classes)
     losses = model(items)
     assert sorted(losses) == ["loss_center", "loss_offset", "loss_sem_seg", "loss_silhouette"]
     # at initialisation the loss is near the log of the number of thing classes
     assert abs(losses["loss_silhouette"].item() - np.log(6)) < 1.0
     losses["loss_silhouette"].backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.silhouette.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.addons["silhouette"].parameters())
     assert all(p.grad is None for p in model.network.parameters())
 
 
 def test_the_silhouette_vote_gives_every_thing_the_classifier_class_and_keeps_the_grouping():
-    plain, model = silhouette_model("mean_probability"), silhouette_model("silhouette")
+    plain, model = silhouette_model(), silhouette_model({})
     model.network.load_state_dict(plain.network.state_dict())
+    classifier = model.addons["silhouette"].network.classifier
     with torch.no_grad():  # a classifier that always says the fourth thing class
-        model.silhouette.classifier.weight.zero_()
-        model.silhouette.classifier.bias.copy_(torch.tensor([0.0, 0, 0, 20, 0, 0]))
+        classifier.weight.zero_()
+        classifier.bias.copy_(torch.tensor([0.0, 0, 0, 20, 0, 0]))
     samples, _ = shapes_items(3)
     images = [s.image for s in samples]
     predictions = list(zip(plain.predict(images), model.predict(images)))
@@ -148,11 +172,12 @@ def test_the_silhouette_vote_gives_every_thing_the_classifier_class_and_keeps_th
 
 
 def test_the_product_vote_with_an_uninformed_classifier_equals_the_mean_probability_vote():
-    plain, model = silhouette_model("mean_probability"), silhouette_model("silhouette_mean_probability")
+    plain, model = silhouette_model(), silhouette_model({"semantic_prior": True})
     model.network.load_state_dict(plain.network.state_dict())
+    classifier = model.addons["silhouette"].network.classifier
     with torch.no_grad():  # uniform silhouette probabilities
-        model.silhouette.classifier.weight.zero_()
-        model.silhouette.classifier.bias.zero_()
+        classifier.weight.zero_()
+        classifier.bias.zero_()
     samples, _ = shapes_items(3)
     images = [s.image for s in samples]
     base, result = plain.predict(images), model.predict(images)
@@ -164,7 +189,7 @@ def test_the_product_vote_with_an_uninformed_classifier_equals_the_mean_probabil
 def test_the_product_vote_follows_a_confident_classifier_against_a_split_semantic_vote():
     # semantic probabilities of the thing split 0.6 / 0.4 between two classes; a classifier at
     # 0.2 / 0.8 for them turns the product (0.12 against 0.32) to the second class
-    model = silhouette_model("silhouette_mean_probability")
+    model = silhouette_model({"semantic_prior": True})
     ids = model.categories.ids
     first, second = model.thing_ids[0], model.thing_ids[1]
     logits = torch.full((len(ids), 8, 8), -30.0)
@@ -173,31 +198,31 @@ def test_the_product_vote_follows_a_confident_classifier_against_a_split_semanti
     id_map = np.zeros((8, 8), dtype=np.int32)
     id_map[2:6, 2:6] = 1
     result = PanopticResult(id_map, [Segment(1, category_id=ids[first], isthing=True, area=16, bbox=[2, 2, 4, 4], score=0.5)])
+    vote = model.addons["silhouette"]
     with torch.no_grad():
-        model.silhouette.classifier.weight.zero_()
+        vote.network.classifier.weight.zero_()
         bias = torch.full((6,), -30.0)
         bias[0], bias[1] = np.log(0.2), np.log(0.8)
-        model.silhouette.classifier.bias.copy_(bias)
+        vote.network.classifier.bias.copy_(bias)
     model.eval()
     with torch.no_grad():
-        relabelled = model._classify_by_silhouette(result, logits)
+        relabelled = vote.relabel(result, {"sem_seg": logits})
     (segment,) = relabelled.segments
     assert segment.category_id == ids[second]
     assert segment.score == pytest.approx(0.5 * 0.32 / 0.44, rel=1e-4)
 
 
 def test_config_values_of_the_classifier_are_checked_and_other_votes_build_none():
-    assert build_model(from_dict(Config, {"model": TINY})).silhouette is None
-    for key, value in (("silhouette_width", 0), ("silhouette_size", 3), ("silhouette_loss_weight", -1.0)):
-        section = {**TINY["panoptic_deeplab"], "class_vote": "silhouette", key: value}
-        with pytest.raises(InputError, match=key):
-            build_model(from_dict(Config, {"model": {**TINY, "panoptic_deeplab": section}}))
+    assert len(build_model(from_dict(Config, {"model": TINY})).addons) == 0
+    for key, value in (("width", 0), ("size", 3), ("loss_weight", -1.0)):
+        with pytest.raises(InputError, match=f"silhouette.{key}"):
+            silhouette_model({key: value})
 
 
 def test_torchscript_export_refuses_a_silhouette_vote(tmp_path):
     from panopticlab.export import export_torchscript
 
-    with pytest.raises(InputError, match="class_vote: silhouette"):
-        export_torchscript(silhouette_model(), tmp_path / "model.pt", sample_size=(64, 64))
+    with pytest.raises(InputError, match="add-ons .model.addons: silhouette"):
+        export_torchscript(silhouette_model({}), tmp_path / "model.pt", sample_size=(64, 64))
     assert not (tmp_path / "model.pt").exists()
 

@@ -65,9 +65,10 @@ TINY = {
 }
 
 
-def tiny_model(seed: int = 0, **changes):
+def tiny_model(seed: int = 0, addons: dict | None = None, **changes):
+    """The tiny SOGNet with ``changes`` to its section and the add-ons of ``addons`` (a ``model.addons`` section)."""
     torch.manual_seed(seed)
-    model = {**TINY, "sognet": {**TINY["sognet"], **changes}}
+    model = {**TINY, "sognet": {**TINY["sognet"], **changes}, "addons": addons or {}}
     return build_model(from_dict(Config, {"model": model}))
 
 

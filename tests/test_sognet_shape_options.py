@@ -1,4 +1,4 @@
-"""SOGNet's two options for data whose classes are shapes: the silhouette class vote and the
+"""SOGNet given the two add-ons for data whose classes are shapes: the silhouette class vote and the
 test-time bilateral refinement of the panoptic logits (both off by default)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import panopticlab.models.sognet.model as sognet_model
 from panopticlab.errors import InputError
-from panopticlab.models.silhouette import roughen_silhouettes, silhouette_crops
+from panopticlab.models.addons.silhouette import roughen_silhouettes, silhouette_crops
 from panopticlab.models.sognet.model import _visible_masks
 from test_sognet_merge_given import BOXES, LABELS, constant_model
 from test_sognet_model import shapes_items, tiny_model, with_targets
@@ -19,25 +19,27 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_training_adds_a_silhouette_loss_whose_gradient_reaches_the_classifier_only_through_it():
-    model = tiny_model(class_vote="silhouette").train()
+    model = tiny_model(addons={"silhouette": {}}).train()
+    vote = model.addons["silhouette"]
     losses = model(with_targets(model, shapes_items(2)))
     assert "loss_silhouette" in losses
     # at initialisation the loss is near the log of the number of thing classes
     assert abs(losses["loss_silhouette"].item() - np.log(model.labels.num_things)) < 1.0
     losses["loss_silhouette"].backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.silhouette.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in vote.parameters())
     assert all(p.grad is None for part in (model.detector, model.semantic_head, model.relation) for p in part.parameters())
     # the crops are each training instance's visible segment, cut out alone, in order
-    targets = [item["targets"] for item in with_targets(model, shapes_items(2))]
+    batch = with_targets(model, shapes_items(2))
+    targets = [item["targets"] for item in batch]
     torch.manual_seed(0)
-    loss = model._silhouette_loss(targets)
-    crops = torch.cat([silhouette_crops(visible.long(), 1, model.silhouette_size) for t in targets for visible in _visible_masks(t)])
+    loss = vote.loss(batch, {})["loss_silhouette"]
+    crops = torch.cat([silhouette_crops(visible.long(), 1, vote.size) for t in targets for visible in _visible_masks(t)])
     classes = torch.cat([t["labels"] for t in targets])
     torch.manual_seed(0)
-    torch.testing.assert_close(loss, F.cross_entropy(model.silhouette(roughen_silhouettes(crops)), classes))
-    # the box classes build no classifier unless asked to (to test such weights with the box classes)
-    assert tiny_model().silhouette is None
-    assert tiny_model(silhouette_classifier=True).silhouette is not None
+    torch.testing.assert_close(loss, F.cross_entropy(vote.network(roughen_silhouettes(crops)), classes))
+    # without the add-on the model has no classifier; relabel: false builds it (to test such weights with the box classes)
+    assert len(tiny_model().addons) == 0
+    assert "silhouette" in tiny_model(addons={"silhouette": {"relabel": False}}).addons
 
 
 def given_detections(monkeypatch, scores: tuple[float, float] = (0.9, 0.8)) -> None:
@@ -54,11 +56,12 @@ def given_detections(monkeypatch, scores: tuple[float, float] = (0.9, 0.8)) -> N
 
 def test_the_silhouette_vote_gives_every_thing_the_classifier_class_and_keeps_the_segments(monkeypatch):
     given_detections(monkeypatch)
-    box_vote, model = constant_model(), constant_model(class_vote="silhouette")
+    box_vote, model = constant_model(), constant_model(addons={"silhouette": {}})
+    classifier = model.addons["silhouette"].network
     with torch.no_grad():  # a classifier that always says the third thing class
-        model.silhouette.classifier.weight.zero_()
-        model.silhouette.classifier.bias.zero_()
-        model.silhouette.classifier.bias[2] = 20.0
+        classifier.classifier.weight.zero_()
+        classifier.classifier.bias.zero_()
+        classifier.classifier.bias[2] = 20.0
     image = torch.zeros(3, 64, 64, dtype=torch.uint8)
     (base,), (result,) = box_vote.predict(image), model.predict(image)
     assert sorted(s.score for s in base.segments if s.isthing) == pytest.approx([0.8, 0.9])
@@ -72,8 +75,8 @@ def test_the_silhouette_vote_gives_every_thing_the_classifier_class_and_keeps_th
         else:
             assert r == b
     # the same classifier with the box classes changes nothing
-    box_vote_with_classifier = constant_model(silhouette_classifier=True)
-    box_vote_with_classifier.silhouette.load_state_dict(model.silhouette.state_dict())
+    box_vote_with_classifier = constant_model(addons={"silhouette": {"relabel": False}})
+    box_vote_with_classifier.addons["silhouette"].network.load_state_dict(classifier.state_dict())
     assert box_vote_with_classifier.predict(image)[0].segments == base.segments
 
 
@@ -100,7 +103,7 @@ def test_the_bilateral_refinement_moves_an_instance_boundary_towards_the_images_
     in_box[:40, :40] = True
     bright[:32, :32] = True
     assert torch.equal(owned(), in_box)
-    refined = owned(bilateral_iterations=10, bilateral_radius=5, bilateral_sigma_color=5.0)
+    refined = owned(addons={"bilateral": {"iterations": 10, "radius": 5, "sigma_color": 5.0}})
     assert bool((refined >= bright).all()) and bool((refined <= in_box).all())
     overhang = int(in_box.sum() - bright.sum())
     if panoptic == "heuristic":
@@ -110,18 +113,19 @@ def test_the_bilateral_refinement_moves_an_instance_boundary_towards_the_images_
 
 
 @pytest.mark.parametrize(
-    "changes, key",
+    "changes, addons, key",
     [
-        ({"class_vote": "mask"}, "class_vote"),
-        ({"class_vote": "silhouette", "silhouette_size": 2}, "silhouette_size"),
-        ({"silhouette_loss_weight": -1.0}, "silhouette_loss_weight"),
-        ({"class_vote": "silhouette", "silhouette_classifier": False}, "silhouette_classifier"),
-        ({"bilateral_iterations": -1}, "bilateral_iterations"),
-        ({"bilateral_iterations": 2, "test_pipeline": "released"}, "bilateral_iterations"),
-        ({"bilateral_radius": 0}, "bilateral_radius"),
-        ({"bilateral_sigma_color": 0.0}, "bilateral_sigma_color"),
+        ({"class_vote": "mask"}, {}, "class_vote"),
+        ({}, {"silhouette": {"size": 2}}, "silhouette.size"),
+        ({}, {"silhouette": {"loss_weight": -1.0}}, "silhouette.loss_weight"),
+        ({"class_vote": "silhouette"}, {}, "model.addons.silhouette"),
+        ({"silhouette_classifier": False}, {}, "model.addons.silhouette"),
+        ({}, {"bilateral": {"iterations": -1}}, "bilateral.iterations"),
+        ({"test_pipeline": "released"}, {"bilateral": {"iterations": 2}}, "test_pipeline: panopticlab"),
+        ({}, {"bilateral": {"radius": 0}}, "bilateral.radius"),
+        ({}, {"bilateral": {"sigma_color": 0.0}}, "bilateral.sigma_color"),
     ],
 )
-def test_bad_option_values_are_named(changes, key):
+def test_bad_option_values_are_named(changes, addons, key):
     with pytest.raises(InputError, match=key):
-        tiny_model(**changes)
+        tiny_model(addons=addons, **changes)

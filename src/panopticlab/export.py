@@ -236,19 +236,14 @@ def export_torchscript(
     Load it with ``torch.jit.load(path)`` (or ``torch::jit::load`` in C++); no panopticlab needed.
 
     Raises:
-        InputError: not a Panoptic-DeepLab model, a silhouette class vote or the bilateral refinement,
-            the output exists, or a file that does not reproduce ``predict``.
+        InputError: not a Panoptic-DeepLab model, a model with add-ons (``model.addons``), the output
+            exists, or a file that does not reproduce ``predict``.
     """
     network = _exportable_network(model, "TorchScript")
-    if model.inference.class_vote.startswith("silhouette"):
+    if len(model.addons):
         raise InputError(
-            f"TorchScript export does not cover class_vote: {model.inference.class_vote} (its classifier runs after "
-            "the post-processing); export the network with --format onnx and run it with predict --onnx"
-        )
-    if model.inference.bilateral_iterations > 0:
-        raise InputError(
-            "TorchScript export does not cover bilateral_iterations > 0 (the test-time bilateral refinement); "
-            "export the network with --format onnx and run it with predict --onnx"
+            f"TorchScript export does not cover add-ons (model.addons: {', '.join(model.addons)}), which run around "
+            "the post-processing; export the network with --format onnx and run it with predict --onnx"
         )
     output = _new_output(output, overwrite)
     check_size = check_size or _second_size(sample_size)

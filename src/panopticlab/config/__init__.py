@@ -5,9 +5,11 @@ layer may read a config (``tests/test_architecture.py`` holds it to that).
 
 * :mod:`.loading`: the machinery (:func:`load_config`, :func:`from_dict`, overrides, checks);
 * :mod:`.experiment`: :class:`Config` and its general sections;
-* :mod:`.panoptic_deeplab`, :mod:`.sognet`: the model families' sections.
+* :mod:`.panoptic_deeplab`, :mod:`.sognet`: the model families' sections;
+* :mod:`.addons`: the add-ons' section (``model.addons``).
 """
 
+from panopticlab.config.addons import AddOnsConfig, BilateralConfig, SilhouetteConfig
 from panopticlab.config.experiment import (
     Config,
     DataConfig,
@@ -30,6 +32,9 @@ from panopticlab.config.panoptic_deeplab import PanopticDeepLabConfig
 from panopticlab.config.sognet import SOGNetConfig
 
 __all__ = [
+    "AddOnsConfig",
+    "BilateralConfig",
+    "SilhouetteConfig",
     "Config",
     "DataConfig",
     "InputConfig",

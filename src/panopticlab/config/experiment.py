@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
+from panopticlab.config.addons import AddOnsConfig
 from panopticlab.config.loading import Section
 from panopticlab.config.panoptic_deeplab import PanopticDeepLabConfig
 from panopticlab.config.sognet import SOGNetConfig
@@ -24,6 +25,17 @@ class ModelConfig(Section):
     categories: str = "cityscapes"
     panoptic_deeplab: PanopticDeepLabConfig = field(default_factory=PanopticDeepLabConfig)
     sognet: SOGNetConfig = field(default_factory=SOGNetConfig)
+    #: what the model is given beyond its family's method (config/addons.py); none by default
+    addons: AddOnsConfig = field(default_factory=AddOnsConfig)
+
+    def problems(self) -> list[tuple[str, str]]:
+        # the released SOGNet test merges on the network input's canvas, not the image's
+        if self.arch == "sognet" and self.sognet.test_pipeline == "released":
+            if self.addons.bilateral is not None and self.addons.bilateral.iterations > 0:
+                return [("addons", "bilateral needs model.sognet.test_pipeline: panopticlab (the merge at the image's resolution)")]
+            if self.addons.silhouette is not None and self.addons.silhouette.semantic_prior:
+                return [("addons", "silhouette's semantic_prior needs model.sognet.test_pipeline: panopticlab")]
+        return []
 
 
 @dataclass

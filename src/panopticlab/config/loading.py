@@ -25,7 +25,7 @@ import os
 import types
 import typing
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, ClassVar, Sequence, TypeVar
 
 import yaml
 
@@ -36,7 +36,12 @@ T = TypeVar("T")
 
 
 class Section:
-    """Base of the schema's dataclasses: the checks of values that are well-typed but cannot work."""
+    """Base of the schema's dataclasses: the checks of values that are well-typed but cannot work,
+    and where keys that left the section went."""
+
+    #: a former key (``"key"``) or a former value of a key (``"key=value"``) -> where it went
+    #: (e.g. ``"model.addons.bilateral.iterations"``): reading it is an error that says so
+    moved: ClassVar[dict[str, str]] = {}
 
     def problems(self) -> list[tuple[str, str]]:
         """``(key, what is wrong)`` for every value of this section (not of its subsections) that
@@ -60,6 +65,12 @@ def from_dict(cls: type[T], data: dict[str, Any], *, source: str = "<dict>", pre
         raise InputError(f"{source}: '{prefix.rstrip('.') or '<top>'}' must be a mapping, got {data!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
+    moved = getattr(cls, "moved", {})
+    for name, value in data.items():
+        if name in moved:
+            raise InputError(f"{source}: '{prefix}{name}' has moved to {moved[name]}")
+        if isinstance(value, (str, int, float, bool)) and f"{name}={value}" in moved:
+            raise InputError(f"{source}: '{prefix}{name}: {value}' has moved to {moved[f'{name}={value}']}")
     unknown = sorted(set(data) - set(fields))
     if unknown:
         known = ", ".join(sorted(fields))
@@ -117,7 +128,9 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
         node = data
         parts = key.split(".")
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
+            if node.get(part) is None:  # absent, or an optional section left out (null): a key of it sets it
+                node[part] = {}
+            node = node[part]
             if not isinstance(node, dict):
                 raise InputError(f"override '{override}': '{part}' is not a section")
         node[parts[-1]] = value

@@ -17,8 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
+from panopticlab.config.addons import KEYS_MOVED_TO_ADDONS
 from panopticlab.config.loading import Section
-from panopticlab.config.shape_options import shape_option_problems
 
 
 @dataclass
@@ -86,25 +86,20 @@ class PanopticDeepLabConfig(Section):
     top_k: int = 200
     stuff_area: int = 2048
     #: an instance's class: majority (detectron2: the most frequent argmax class of its pixels) or
-    #: mean_probability (the thing class of the highest mean softmax probability over its pixels);
-    #: silhouette (panopticlab's option for classes that are shapes: a small CNN on the instance's
-    #: mask, models/silhouette.py, trained beside the network) or silhouette_mean_probability
-    #: (its probabilities times the mean_probability vote's)
-    class_vote: Literal["majority", "mean_probability", "silhouette", "silhouette_mean_probability"] = "majority"
-    #: the silhouette classifier (silhouette class votes only): channels of its first layers, crop side
-    silhouette_width: int = 16
-    silhouette_size: int = 32
-    silhouette_loss_weight: float = 1.0
+    #: mean_probability (the thing class of the highest mean softmax probability over its pixels)
+    class_vote: Literal["majority", "mean_probability"] = "majority"
     #: test-time augmentation: the scales to average over, and whether to add flipped images
     tta_scales: tuple[float, ...] = (1.0,)
     tta_flip: bool = False
-    #: test-time joint bilateral filtering of the semantic and offset heads along the image's colour
-    #: edges (models/bilateral.py; panopticlab's option, off in the published recipes): passes
-    #: (0 = off), window radius in pixels, and the weights' Gaussian sigmas in RGB levels and pixels
-    bilateral_iterations: int = 0
-    bilateral_radius: int = 9
-    bilateral_sigma_color: float = 15.0
-    bilateral_sigma_space: float = 9.0
+
+    #: panopticlab's options for shapes left this section for model.addons (config/addons.py)
+    moved = {
+        "class_vote=silhouette": "model.addons.silhouette (with class_vote: mean_probability, the vote it replaces)",
+        "class_vote=silhouette_mean_probability": (
+            "model.addons.silhouette with semantic_prior: true (and class_vote: mean_probability)"
+        ),
+        **KEYS_MOVED_TO_ADDONS,
+    }
 
     def problems(self) -> list[tuple[str, str]]:
         found = []
@@ -141,7 +136,6 @@ class PanopticDeepLabConfig(Section):
             found.append(("top_k_percent", "must lie in (0, 1]"))
         if self.nms_kernel < 1 or self.nms_kernel % 2 == 0:
             found.append(("nms_kernel", "must be an odd positive integer"))
-        found += shape_option_problems(self)
         if not self.tta_scales or min(self.tta_scales) <= 0:
             found.append(("tta_scales", "needs one or more positive scales"))
         return found

@@ -19,8 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
+from panopticlab.config.addons import KEYS_MOVED_TO_ADDONS
 from panopticlab.config.loading import Section
-from panopticlab.config.shape_options import shape_option_problems
 
 Method = Literal["sognet", "upsnet", "heuristic"]
 
@@ -175,26 +175,13 @@ class SOGNetConfig(Section):
     #: this fraction of its mask is free
     heuristic_min_unoccupied: float = 0.7
 
-    # -- panopticlab's options for data whose classes are shapes (off in the published recipes) --
-    #: a thing's class: box (the detector's) or silhouette (a small CNN on the outline of its final
-    #: segment, trained beside the network on the ground truth's visible masks, models/silhouette.py;
-    #: the score becomes the box score times that class's probability)
-    class_vote: Literal["box", "silhouette"] = "box"
-    #: whether the model has (and trains) the silhouette classifier; None: exactly with
-    #: class_vote silhouette; true with class_vote box tests such weights with the box classes
-    silhouette_classifier: bool | None = None
-    #: the silhouette classifier: channels of its first layers, crop side, loss weight
-    silhouette_width: int = 16
-    silhouette_size: int = 32
-    silhouette_loss_weight: float = 1.0
-    #: test-time joint bilateral filtering of the panoptic logits' softmax along the image's colour
-    #: edges before the argmax (models/bilateral.py; the heuristic merge: the semantic softmax and
-    #: each mask's sigmoid, before the argmax and the 0.5 threshold): passes (0 = off),
-    #: window radius in pixels, and the weights' Gaussian sigmas in RGB levels and pixels
-    bilateral_iterations: int = 0
-    bilateral_radius: int = 9
-    bilateral_sigma_color: float = 15.0
-    bilateral_sigma_space: float = 9.0
+    #: panopticlab's options for shapes left this section for model.addons (config/addons.py)
+    moved = {
+        "class_vote=silhouette": "model.addons.silhouette",
+        "class_vote=box": "nowhere: the box classes are the default (leave the key out)",
+        "silhouette_classifier": "model.addons.silhouette (relabel: false tests its weights with the box classes)",
+        **KEYS_MOVED_TO_ADDONS,
+    }
 
     def problems(self) -> list[tuple[str, str]]:
         found = []
@@ -246,11 +233,6 @@ class SOGNetConfig(Section):
             found.append(("rpn_min_size", "must be >= 0"))
         if self.stuff_area < 0:
             found.append(("stuff_area", "must be >= 0"))
-        if self.class_vote == "silhouette" and self.silhouette_classifier is False:
-            found.append(("silhouette_classifier", "class_vote silhouette needs the classifier (true or null)"))
-        found += shape_option_problems(self)
-        if self.bilateral_iterations > 0 and self.test_pipeline == "released":
-            found.append(("bilateral_iterations", "needs test_pipeline: panopticlab (the merge at the image's resolution)"))
         weights = ("detector", "semantic", "semantic_roi", "panoptic", "relation")
         found += [(f"{w}_loss_weight", "must be >= 0") for w in weights if getattr(self, f"{w}_loss_weight") < 0]
         return found
@@ -263,10 +245,6 @@ class SOGNetConfig(Section):
     @property
     def use_relation(self) -> bool:
         return self.panoptic == "sognet"
-
-    @property
-    def use_silhouette_classifier(self) -> bool:
-        return self.class_vote == "silhouette" if self.silhouette_classifier is None else self.silhouette_classifier
 
     @property
     def use_x2mask_at_test(self) -> bool:

@@ -1,7 +1,7 @@
 """The model families behind one contract (``base.py``), and the one way to build and load them.
 
 * :func:`build_model`: the model a config describes, freshly initialised (backbone weights
-  loaded when the config names them);
+  loaded when the config names them), with the add-ons of ``model.addons``;
 * :func:`load_model`: the same with its weights, in eval mode: what ``panopticlab test``,
   ``predict``, the demo and ``panopticlab.load_model`` use.
 """
@@ -15,6 +15,7 @@ import torch
 
 from panopticlab.config import Config, load_config
 from panopticlab.data.categories import load_categories
+from panopticlab.models.addons import build_addons
 from panopticlab.models.base import PanopticModel
 from panopticlab.models.panoptic_deeplab import build_panoptic_deeplab_model
 from panopticlab.models.sognet import build_sognet_model
@@ -22,13 +23,18 @@ from panopticlab.weights import load_weights
 
 
 def build_model(config: Config) -> PanopticModel:
-    """The model a config describes, with freshly initialised weights."""
+    """The model a config describes, with freshly initialised weights: the family's, then its add-ons
+    (``model.addons``), built in that order (so the family's weights draw the same random numbers
+    with add-ons or without)."""
     categories = load_categories(config.model.categories)
     if config.model.arch == "panoptic_deeplab":
-        return build_panoptic_deeplab_model(config.model.panoptic_deeplab, categories, crop_size=tuple(config.input.crop_size))
-    if config.model.arch == "sognet":
-        return build_sognet_model(config.model.sognet, categories)
-    raise ValueError(f"unknown model.arch {config.model.arch!r}")  # Literal-checked when the config is read
+        model = build_panoptic_deeplab_model(config.model.panoptic_deeplab, categories, crop_size=tuple(config.input.crop_size))
+    elif config.model.arch == "sognet":
+        model = build_sognet_model(config.model.sognet, categories)
+    else:
+        raise ValueError(f"unknown model.arch {config.model.arch!r}")  # Literal-checked when the config is read
+    model.set_addons(build_addons(config.model.addons, categories))
+    return model
 
 
 def load_model(

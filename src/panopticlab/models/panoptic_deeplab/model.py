@@ -1,12 +1,15 @@
 """Panoptic-DeepLab as panopticlab's trainers and tools see every model (``models/base.py``):
 
-* ``data_transform()``: the per-item target maker (``item["targets"]``), run in loader workers;
+* ``targets_transform()``: the per-item target maker (``item["targets"]``), run in loader workers;
 * ``forward(batch)``: a list of dataset items with targets -> a dict of named, weighted losses;
 * ``predict(images)``: images (paths, PIL, numpy, tensors) -> one :class:`PanopticResult` each;
 * ``forward_heads(images)``: float [B, 3, H, W] RGB 0..255 -> the raw head outputs.
 
 The pieces it joins are each in their own module: ``network.py`` (backbone, ASPP,
-decoders, heads), ``targets.py``, ``losses.py`` and ``postprocess.py``.
+decoders, heads), ``targets.py``, ``losses.py`` and ``postprocess.py``. Add-ons (``models/base.py``)
+are called at three points: their losses after the family's in ``forward``; in ``predict``, after
+the test-time augmentation and before the grouping, those that refine get the heads in the form
+that may be averaged (:func:`refined_heads`); after the grouping, each may relabel the results.
 :func:`build_panoptic_deeplab_model` resolves a ``model.panoptic_deeplab`` config section
 into them once; the model keeps plain settings (:class:`LossSettings`, :class:`InferenceSettings`),
 never the section.
@@ -15,10 +18,9 @@ never the section.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from panopticlab.config.panoptic_deeplab import PanopticDeepLabConfig
 from panopticlab.config.loading import check_section
@@ -28,11 +30,9 @@ from panopticlab.models.base import PanopticModel, training_targets
 from panopticlab.models.common import IGNORE_LABEL, PIXEL_MEAN, PIXEL_STD, ImageInput, as_image_tensors, inference_mode, pad_images
 from panopticlab.models.panoptic_deeplab.losses import OffsetNormalizer, panoptic_deeplab_losses
 from panopticlab.models.panoptic_deeplab.network import PanopticDeepLabNetwork, build_panoptic_deeplab
-from panopticlab.models.panoptic_deeplab.postprocess import panoptic_deeplab_inference
+from panopticlab.models.panoptic_deeplab.postprocess import ClassVote, panoptic_deeplab_inference
 from panopticlab.models.panoptic_deeplab.targets import AddTargets, PanopticDeepLabTargetGenerator, collate_targets
 from panopticlab.models.panoptic_deeplab.tta import is_single_pass, tta_average, tta_input, tta_passes
-from panopticlab.models.bilateral import refine_heads
-from panopticlab.models.silhouette import SilhouetteClassifier, classify_by_silhouette, roughen_silhouettes
 from panopticlab.structures import PanopticResult
 
 
@@ -45,30 +45,19 @@ class LossSettings:
     offset_weight: float = 0.01
     top_k_percent: float = 0.2
     offset_normalizer: OffsetNormalizer = "pixels"
-    silhouette_weight: float = 1.0
-
-
-#: how an instance's thing class is chosen: the post-processing's votes, or the silhouette
-#: classifier's (alone, or times the mean-probability vote's class probabilities)
-InstanceClassVote = Literal["majority", "mean_probability", "silhouette", "silhouette_mean_probability"]
 
 
 @dataclass(frozen=True)
 class InferenceSettings:
-    """Post-processing (:func:`~.postprocess.panoptic_deeplab_inference`), test-time augmentation and the
-    test-time bilateral refinement (:func:`~panopticlab.models.bilateral.refine_heads`; 0 passes = off)."""
+    """Post-processing (:func:`~.postprocess.panoptic_deeplab_inference`) and test-time augmentation."""
 
     center_threshold: float = 0.1
     nms_kernel: int = 7
     top_k: int = 200
     stuff_area: int = 2048
-    class_vote: InstanceClassVote = "majority"
+    class_vote: ClassVote = "majority"
     tta_scales: tuple[float, ...] = (1.0,)
     tta_flip: bool = False
-    bilateral_iterations: int = 0
-    bilateral_radius: int = 9
-    bilateral_sigma_color: float = 15.0
-    bilateral_sigma_space: float = 9.0
 
 
 class PanopticDeepLab(PanopticModel):
@@ -80,9 +69,6 @@ class PanopticDeepLab(PanopticModel):
         target_generator: makes the training targets of an item (contiguous category ids).
         losses: loss weights and options.
         inference: post-processing settings and the default test-time augmentation.
-        silhouette: the classifier of the ``silhouette*`` class votes (``models/silhouette.py``),
-            trained beside the network (``loss_silhouette``); None for the other votes.
-        silhouette_size: the side of its input crops.
     """
 
     def __init__(
@@ -92,39 +78,27 @@ class PanopticDeepLab(PanopticModel):
         target_generator: PanopticDeepLabTargetGenerator,
         losses: LossSettings = LossSettings(),
         inference: InferenceSettings = InferenceSettings(),
-        silhouette: SilhouetteClassifier | None = None,
-        silhouette_size: int = 32,
     ):
         super().__init__(categories)
-        if (silhouette is None) == inference.class_vote.startswith("silhouette"):
-            raise ValueError(f"class_vote {inference.class_vote!r} needs a silhouette classifier exactly when it is a silhouette vote")
         self.network = network
         self.target_generator = target_generator
         self.losses = losses
         self.inference = inference
         self.thing_ids = [categories.to_contiguous(i) for i in categories.thing_ids]
-        self.silhouette = silhouette
-        self.silhouette_size = silhouette_size
-        # contiguous id -> thing-class index of the silhouette classifier (-1: stuff)
-        thing_index = torch.full((len(categories),), -1, dtype=torch.long)
-        thing_index[self.thing_ids] = torch.arange(len(self.thing_ids))
-        self.register_buffer("thing_index", thing_index, persistent=False)
 
     def forward_heads(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """float [B, 3, H, W] RGB 0..255 -> ``sem_seg`` [B, C, H, W] logits, ``center`` [B, 1, H, W],
         ``offset`` [B, 2, H, W] (dy, dx) in pixels."""
         return self.network.forward_heads(images)
 
-    def data_transform(self) -> AddTargets:
-        """The trainer runs this on every training item in its data-loader workers."""
+    def targets_transform(self) -> AddTargets:
+        """The trainer runs this on every training item in its data-loader workers (``data_transform()``)."""
         to_contiguous = {i: self.categories.to_contiguous(i) for i in self.categories.ids}
-        size = None if self.silhouette is None else self.silhouette_size
-        return AddTargets(to_contiguous, self.target_generator, silhouette_size=size)
+        return AddTargets(to_contiguous, self.target_generator)
 
     def forward(self, batch: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         """Dataset items (``image`` uint8 [3, H, W], ``targets`` from :meth:`data_transform`)
-        -> ``{"loss_sem_seg", "loss_center", "loss_offset"}`` (and ``"loss_silhouette"`` with a
-        silhouette classifier), each already weighted."""
+        -> ``{"loss_sem_seg", "loss_center", "loss_offset"}`` and the add-ons' losses, each already weighted."""
         images = pad_images([item["image"] for item in batch]).to(self.device)
         targets = collate_targets(training_targets(batch), ignore_label=IGNORE_LABEL)
         targets = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in targets.items()}
@@ -140,16 +114,7 @@ class PanopticDeepLab(PanopticModel):
             ignore_label=IGNORE_LABEL,
             offset_normalizer=settings.offset_normalizer,
         )
-        if self.silhouette is not None:
-            losses["loss_silhouette"] = settings.silhouette_weight * self._silhouette_loss(targets)
-        return losses
-
-    def _silhouette_loss(self, targets: dict[str, Any]) -> torch.Tensor:
-        """Cross-entropy of the silhouette classifier on the batch's roughened ground-truth crops."""
-        crops = roughen_silhouettes(targets["silhouettes"])
-        if crops.shape[0] < 2:  # BatchNorm needs two crops; a zero that keeps every parameter in the graph
-            return sum(p.sum() for p in self.silhouette.parameters()) * 0.0
-        return F.cross_entropy(self.silhouette(crops), self.thing_index[targets["silhouette_classes"]])
+        return {**losses, **self.addon_losses(batch, outputs)}
 
     def predict(
         self,
@@ -166,15 +131,14 @@ class PanopticDeepLab(PanopticModel):
             tta_scales, tta_flip: test-time augmentation (multi-scale and horizontal flip,
                 as in the original Panoptic-DeepLab code); default: the model's settings
                 (``model.panoptic_deeplab.tta_scales`` / ``tta_flip``, a single pass unless set).
-                With ``bilateral_iterations`` > 0 in the config, the averaged heads are then
-                filtered along the image's colour edges (``models/bilateral.py``) before the grouping.
+                The add-ons that refine then get the averaged heads (:func:`refined_heads`) before
+                the grouping, and every add-on may relabel the results after it.
 
         Returns:
             One result per image, segments carrying dataset category ids; thing segments
             have detectron2's instance score.
         """
         s = self.inference
-        grouping_vote = "mean_probability" if s.class_vote.startswith("silhouette") else s.class_vote
         scales = s.tta_scales if tta_scales is None else tuple(tta_scales)
         flip = s.tta_flip if tta_flip is None else tta_flip
         results = []
@@ -184,16 +148,8 @@ class PanopticDeepLab(PanopticModel):
                 # depend on the batch it came in
                 image = torch.stack(batch).to(self.device)
                 outputs = self._heads_with_tta(image, scales, flip)
-                if s.bilateral_iterations > 0:
-                    outputs["sem_seg"], outputs["offset"] = refine_heads(
-                        image,
-                        outputs["sem_seg"],
-                        outputs["offset"],
-                        iterations=s.bilateral_iterations,
-                        radius=s.bilateral_radius,
-                        sigma_color=s.bilateral_sigma_color,
-                        sigma_space=s.bilateral_sigma_space,
-                    )
+                if self.refines:
+                    outputs = refined_heads(image, outputs, self.refined)
                 run = panoptic_deeplab_inference(
                     outputs["sem_seg"],
                     outputs["center"],
@@ -204,21 +160,10 @@ class PanopticDeepLab(PanopticModel):
                     nms_kernel=s.nms_kernel,
                     top_k=s.top_k,
                     category_ids=self.categories.ids,
-                    class_vote=grouping_vote,
+                    class_vote=s.class_vote,
                 )
-                if self.silhouette is not None:
-                    run = [self._classify_by_silhouette(r, logits) for r, logits in zip(run, outputs["sem_seg"], strict=True)]
-                results += run
+                results += [self.relabelled(r, {"sem_seg": logits}) for r, logits in zip(run, outputs["sem_seg"], strict=True)]
         return results
-
-    def _classify_by_silhouette(self, result: PanopticResult, logits: torch.Tensor) -> PanopticResult:
-        """``result`` with its things classified by :func:`~panopticlab.models.silhouette.classify_by_silhouette`,
-        times the mean semantic probabilities for ``silhouette_mean_probability``. ``logits``: float [C, H, W]."""
-        semantic = None
-        if self.inference.class_vote == "silhouette_mean_probability":
-            semantic = torch.softmax(logits.double(), dim=0)[self.thing_ids]
-        category_ids = [self.categories.ids[t] for t in self.thing_ids]
-        return classify_by_silhouette(result, self.silhouette, self.silhouette_size, category_ids, semantic)
 
     def _heads_with_tta(self, image: torch.Tensor, scales: Sequence[float], flip: bool) -> dict[str, torch.Tensor]:
         """Head outputs for [B, 3, H, W], averaged over scales (and flips) at the input size (see ``tta.py``)."""
@@ -232,6 +177,28 @@ class PanopticDeepLab(PanopticModel):
             outputs.append((out["sem_seg"], out["center"], out["offset"]))
         sem_seg, center, offset = tta_average(outputs, passes, image.shape[-2], image.shape[-1])
         return {"sem_seg": sem_seg, "center": center, "offset": offset}
+
+
+def refined_heads(
+    images: torch.Tensor, heads: dict[str, torch.Tensor], refine: Callable[[torch.Tensor, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+) -> dict[str, torch.Tensor]:
+    """The heads after ``refine`` (the add-ons' :meth:`~panopticlab.models.base.AddOn.refine`), which sees
+    them in a form that may be averaged over pixels: ``semantic``, the softmax probabilities of
+    ``sem_seg`` (returned as their logarithms, so that its argmax and softmax keep their meaning), and
+    ``centres``, the points the offsets vote for (pixel position + offset, constant over an instance,
+    so an average inside it keeps its centre). The centre heatmap is kept as it is.
+
+    Args:
+        images: [B, 3, H, W] RGB 0..255, the network's input.
+        heads: ``sem_seg`` float [B, C, H, W] logits, ``center`` [B, 1, H, W], ``offset`` [B, 2, H, W] (dy, dx).
+
+    Returns:
+        the heads, ``sem_seg`` and ``offset`` replaced (float32).
+    """
+    rows, columns = (torch.arange(n, device=heads["offset"].device, dtype=torch.float32) for n in heads["offset"].shape[-2:])
+    position = torch.stack(torch.meshgrid(rows, columns, indexing="ij"))[None]  # [1, 2, H, W], (y, x)
+    maps = refine(images, {"semantic": torch.softmax(heads["sem_seg"].float(), dim=1), "centres": heads["offset"].float() + position})
+    return {**heads, "sem_seg": maps["semantic"].clamp(min=1e-30).log(), "offset": maps["centres"] - position}
 
 
 def _same_size_runs(images: Sequence[torch.Tensor]) -> list[list[torch.Tensor]]:
@@ -304,7 +271,6 @@ def build_panoptic_deeplab_model(
         offset_weight=config.offset_loss_weight,
         top_k_percent=config.top_k_percent,
         offset_normalizer=config.offset_normalizer,
-        silhouette_weight=config.silhouette_loss_weight,
     )
     inference = InferenceSettings(
         center_threshold=config.center_threshold,
@@ -314,14 +280,5 @@ def build_panoptic_deeplab_model(
         class_vote=config.class_vote,
         tta_scales=tuple(config.tta_scales),
         tta_flip=config.tta_flip,
-        bilateral_iterations=config.bilateral_iterations,
-        bilateral_radius=config.bilateral_radius,
-        bilateral_sigma_color=config.bilateral_sigma_color,
-        bilateral_sigma_space=config.bilateral_sigma_space,
     )
-    silhouette = None
-    if config.class_vote.startswith("silhouette"):
-        silhouette = SilhouetteClassifier(len(categories.thing_ids), width=config.silhouette_width)
-    return PanopticDeepLab(
-        network, categories, target_generator, losses, inference, silhouette=silhouette, silhouette_size=config.silhouette_size
-    )
+    return PanopticDeepLab(network, categories, target_generator, losses, inference)

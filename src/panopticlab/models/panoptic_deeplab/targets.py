@@ -17,7 +17,6 @@ import numpy as np
 import torch
 
 from panopticlab.errors import InputError
-from panopticlab.models.silhouette import instance_index_map, silhouette_crops
 from panopticlab.structures import PanopticResult
 
 Targets = dict[str, Any]
@@ -207,8 +206,7 @@ def collate_targets(targets: Sequence[Targets], *, ignore_label: int = 255, size
         ``sem_seg`` int64 [B, H, W]; ``center`` float32 [B, 1, H, W] (a channel added to
         match the network's output); ``offset`` float32 [B, 2, H, W]; ``sem_seg_weights``
         float32 [B, H, W]; ``center_weights`` and ``offset_weights`` float32 [B, 1, H, W];
-        ``center_points`` the list of the per-image lists; ``silhouettes`` [N, 1, S, S] and
-        ``silhouette_classes`` [N] concatenated over the images, when the targets have them.
+        ``center_points`` the list of the per-image lists.
     """
     if not targets:
         raise ValueError("collate_targets needs at least one target dict")
@@ -235,9 +233,6 @@ def collate_targets(targets: Sequence[Targets], *, ignore_label: int = 255, size
         "offset_weights": stack("offset_weights", 0.0),
         "center_points": [t["center_points"] for t in targets],
     }
-    if "silhouettes" in targets[0]:
-        batch["silhouettes"] = torch.cat([t["silhouettes"] for t in targets])
-        batch["silhouette_classes"] = torch.cat([t["silhouette_classes"] for t in targets])
     return batch
 
 
@@ -266,34 +261,13 @@ def _append(table: np.ndarray, void_value: Any) -> np.ndarray:
     return np.append(table, np.array(void_value, dtype=table.dtype))
 
 
-def silhouette_targets(result: PanopticResult, to_contiguous: Mapping[int, int], size: int) -> Targets:
-    """The silhouette classifier's targets (``models/silhouette.py``) of one training image.
-
-    Returns ``silhouettes`` float32 [N, 1, size, size], the crops of its non-crowd thing segments
-    that have pixels, and ``silhouette_classes`` int64 [N], their contiguous category ids.
-    """
-    things = [s for s in result.segments if s.isthing and not s.iscrowd]
-    index_map = instance_index_map(torch.from_numpy(_as_id_map(result.id_map)), [s.id for s in things])
-    crops = silhouette_crops(index_map, len(things), size)
-    present = crops.flatten(1).sum(dim=1) > 0
-    classes = torch.tensor([to_contiguous[s.category_id] for s in things], dtype=torch.long)
-    return {"silhouettes": crops[present], "silhouette_classes": classes[present]}
-
-
 class AddTargets:
     """``item -> item`` with ``item["targets"]`` added: picklable, so data-loader workers build
-    the targets (see ``PanopticDeepLab.data_transform``). With ``silhouette_size`` the targets
-    also hold :func:`silhouette_targets`."""
+    the targets (see ``PanopticDeepLab.targets_transform``)."""
 
-    def __init__(
-        self, to_contiguous: Mapping[int, int], generator: PanopticDeepLabTargetGenerator, silhouette_size: int | None = None
-    ):
+    def __init__(self, to_contiguous: Mapping[int, int], generator: PanopticDeepLabTargetGenerator):
         self.to_contiguous = dict(to_contiguous)
         self.generator = generator
-        self.silhouette_size = silhouette_size
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
-        targets = targets_from_panoptic(item["panoptic"], self.to_contiguous, self.generator)
-        if self.silhouette_size is not None:
-            targets.update(silhouette_targets(item["panoptic"], self.to_contiguous, self.silhouette_size))
-        return {**item, "targets": targets}
+        return {**item, "targets": targets_from_panoptic(item["panoptic"], self.to_contiguous, self.generator)}

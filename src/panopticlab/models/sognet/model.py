@@ -1,6 +1,6 @@
 """SOGNet as panopticlab's trainers and tools see every model (``models/base.py``):
 
-* ``data_transform()``: the per-item resize and target maker (``item["targets"]``), run in the loader's workers;
+* ``targets_transform()``: the per-item resize and target maker (``item["targets"]``), run in the loader's workers;
 * ``forward(batch)``: a list of dataset items with targets -> a dict of named, weighted losses;
 * ``predict(images)``: images (paths, PIL, numpy, tensors) -> one :class:`PanopticResult` each;
 * ``evaluators()``: with a relation module, the overlap-relation metric, which scores
@@ -26,6 +26,11 @@ same merge on given boxes and classes (detection skipped), for models trained wi
 
 :func:`build_sognet_model` resolves a ``model.sognet`` section once (``settings.py``); the model
 keeps the resolved settings, never the section.
+
+Add-ons (``models/base.py``) are called at three points: their losses after the family's in
+``forward``; in the merge, those that refine get the probabilities the merge's argmax reads (the
+panoptic logits' softmax; the heuristic merge's semantic softmax and in-box mask sigmoids); each
+may relabel a ``predict`` result (not ``merge_given``'s, whose classes are given).
 """
 
 from __future__ import annotations
@@ -35,7 +40,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torchvision.models.detection.image_list import ImageList
 
@@ -46,15 +50,7 @@ from panopticlab.evaluation.overlap import OverlapRelationEvaluator
 from panopticlab.evaluation.protocol import Evaluator
 from panopticlab.masks import overlap_graph
 from panopticlab.models.base import PanopticModel, training_targets
-from panopticlab.models.bilateral import bilateral_filter, bilateral_weights
 from panopticlab.models.common import IGNORE_LABEL, ImageInput, as_image_tensors, inference_mode
-from panopticlab.models.silhouette import (
-    SilhouetteClassifier,
-    classify_by_silhouette,
-    instance_index_map,
-    roughen_silhouettes,
-    silhouette_crops,
-)
 from panopticlab.models.sognet.detector import (
     FPN_LEVELS,
     Detector,
@@ -112,9 +108,6 @@ class SOGNet(PanopticModel):
         sizing: the network's input size.
         training: loss weights and panoptic-head training options.
         inference: the instance set and the merge.
-        silhouette: the classifier of ``class_vote: silhouette`` (``models/silhouette.py``), trained
-            beside the network (``loss_silhouette``); None for the box classes.
-        silhouette_size: the side of its input crops.
     """
 
     uses_instances = True  # amodal masks train the detector and the relation, and score the relation
@@ -128,17 +121,11 @@ class SOGNet(PanopticModel):
         sizing: InputSizing = InputSizing(),
         training: TrainingSettings = TrainingSettings(),
         inference: InferenceSettings = InferenceSettings(),
-        silhouette: SilhouetteClassifier | None = None,
-        silhouette_size: int = 32,
     ):
         super().__init__(categories)
-        if silhouette is None and inference.class_vote == "silhouette":
-            raise ValueError("class_vote 'silhouette' needs a silhouette classifier")
         self.detector = detector
         self.semantic_head = semantic_head
         self.relation = relation
-        self.silhouette = silhouette
-        self.silhouette_size = silhouette_size
         self.sizing = sizing
         self.training_settings = training
         self.inference = inference
@@ -152,8 +139,8 @@ class SOGNet(PanopticModel):
 
     # -- training --------------------------------------------------------------------------
 
-    def data_transform(self) -> PrepareTrainingItem:
-        """The trainer runs this on every training item in its data-loader workers."""
+    def targets_transform(self) -> PrepareTrainingItem:
+        """The trainer runs this on every training item in its data-loader workers (``data_transform()``)."""
         category_ids = {i: self.categories.to_contiguous(i) for i in self.categories.ids}
         return PrepareTrainingItem(self.labels, category_ids, self.sizing, self.training_settings.overlap_threshold)
 
@@ -162,7 +149,7 @@ class SOGNet(PanopticModel):
         :meth:`data_transform`) -> the weighted losses: Mask R-CNN's five (``loss_objectness``,
         ``loss_rpn_box_reg``, ``loss_classifier``, ``loss_box_reg``, ``loss_mask``), ``loss_sem_seg``,
         ``loss_sem_roi``, and unless ``panoptic: heuristic`` ``loss_panoptic`` (+ ``loss_relation``
-        for SOGNet); ``loss_silhouette`` with a silhouette classifier."""
+        for SOGNet), then the add-ons' losses."""
         settings = self.training_settings
         targets = [_to_device(t, self.device) for t in training_targets(batch)]
         images = self._preprocess([item["image"].to(self.device).float() for item in batch])
@@ -198,21 +185,7 @@ class SOGNet(PanopticModel):
             losses["loss_panoptic"] = settings.panoptic_loss_weight * panoptic
             if self.relation is not None:
                 losses["loss_relation"] = settings.relation_loss_weight * relation
-        if self.silhouette is not None:
-            losses["loss_silhouette"] = settings.silhouette_loss_weight * self._silhouette_loss(targets)
-        return losses
-
-    def _silhouette_loss(self, targets: list[dict[str, Any]]) -> Tensor:
-        """Cross-entropy of the silhouette classifier on the roughened crops of the training
-        instances' visible segments (ground truth at input resolution)."""
-        crops = torch.cat([
-            silhouette_crops(instance_index_map(t["id_map"], t["segment_ids"].tolist()), len(t["labels"]), self.silhouette_size)
-            for t in targets
-        ])  # fmt: skip
-        classes = torch.cat([t["labels"] for t in targets])
-        if classes.numel() == 0:
-            return sum(p.sum() for p in self.silhouette.parameters()) * 0.0
-        return F.cross_entropy(self.silhouette(roughen_silhouettes(crops)), classes)
+        return {**losses, **self.addon_losses(batch, {"sem_seg": semantic})}
 
     def _panoptic_losses(
         self,
@@ -384,9 +357,8 @@ class SOGNet(PanopticModel):
             instances, semantic, features, images.image_sizes[0], image, s, drop_duplicates=True
         )
         result = assemble_result(instance, category, instances.contiguous[kept], instances.scores[kept], self.categories)
-        if s.class_vote == "silhouette":
-            result = classify_by_silhouette(result, self.silhouette, self.silhouette_size, self.categories.thing_ids)
-        return result
+        # the semantic logits are on the result's canvas unless the released pipeline merged at the input's
+        return self.relabelled(result, {} if s.released_pipeline else {"sem_seg": semantic})
 
     def merge_given(
         self,
@@ -497,9 +469,8 @@ class SOGNet(PanopticModel):
         ``drop_duplicates``: the released same-class removal (detections); ``relation``: a given O
         [N, N] instead of the module's. With ``s.released_pipeline`` the canvas is the input's and
         the argmax maps are brought to the image before the relabelling and the stuff area limit.
-        With ``s.bilateral_iterations`` the panoptic logits' softmax (the heuristic merge: the semantic
-        softmax and each mask's sigmoid) is filtered along the image's edges before the argmax (the
-        canvas is then the image's)."""
+        Add-ons that refine get the panoptic logits' softmax (the heuristic merge: the semantic
+        softmax and each mask's sigmoid inside its box) before the argmax."""
         image_size = tuple(image.shape[-2:])
         height, width = semantic.shape[-2:]
         semantic_argmax = semantic.argmax(dim=0)
@@ -507,13 +478,12 @@ class SOGNet(PanopticModel):
         if s.merge == "heuristic":
             order = torch.sort(instances.scores, descending=True, stable=True).indices
             masks = instances.masks[order] > 0
-            if s.bilateral_iterations > 0:
+            if self.refines:
                 # a mask is its logits > 0, inside its box only (the logits are 0 outside: sigmoid 0.5)
                 inside = box_support(instances.boxes[order].float(), height, width)
-                mask_probability = torch.sigmoid(instances.masks[order].float()) * inside
-                probabilities = torch.cat((torch.softmax(semantic.float(), dim=0), mask_probability))
-                semantic_probability, mask_probability = self._refine(image, probabilities, s).split((len(semantic), len(order)))
-                semantic_argmax, masks = semantic_probability.argmax(dim=0), mask_probability > 0.5
+                maps = {"semantic": torch.softmax(semantic.float(), dim=0), "masks": torch.sigmoid(instances.masks[order].float()) * inside}
+                maps = self.refined(image[None], {name: value[None] for name, value in maps.items()})
+                semantic_argmax, masks = maps["semantic"][0].argmax(dim=0), maps["masks"][0] > 0.5
             instance, category = heuristic_assignment(masks, semantic_argmax, self.labels, min_unoccupied=s.min_unoccupied)
             if s.released_pipeline:
                 instance, category = self._to_image(torch.stack([instance, category]), image_size).unbind(0)
@@ -534,8 +504,8 @@ class SOGNet(PanopticModel):
             semantic, masks, labels, crop, x2mask=s.x2mask, unknown=s.unknown_class,
             exclude_outside=support if s.exclude_outside_box else None,
         )  # fmt: skip
-        if s.bilateral_iterations > 0:
-            logits = self._refine(image, torch.softmax(logits.float(), dim=0), s)
+        if self.refines:  # probabilities: the argmax below is the same
+            logits = self.refined(image[None], {"panoptic": torch.softmax(logits.float(), dim=0)[None]})["panoptic"][0]
         instance, category = winner_assignment(logits, len(kept), self.labels, has_unknown=s.unknown_class)
         if s.released_pipeline:
             instance, category, semantic_argmax = self._to_image(torch.stack([instance, category, semantic_argmax]), image_size).unbind(0)
@@ -543,12 +513,6 @@ class SOGNet(PanopticModel):
             instance, category, semantic_argmax, instances.contiguous[kept], self.labels, relabel_fraction=s.relabel_fraction
         )
         return instance, remove_small_stuff(instance, category, s.stuff_area), kept
-
-    @staticmethod
-    def _refine(image: Tensor, probabilities: Tensor, s: InferenceSettings) -> Tensor:
-        """Maps float [K, H, W] filtered along the edges of ``image`` ([3, H, W], RGB 0..255), ``models/bilateral.py``."""
-        weights = bilateral_weights(image[None].to(probabilities.device), s.bilateral_radius, s.bilateral_sigma_color, s.bilateral_sigma_space)
-        return bilateral_filter(probabilities[None], weights, s.bilateral_iterations)[0]
 
     def _to_image(self, maps: Tensor, image_size: tuple[int, int]) -> Tensor:
         """int64 maps [K, h, w] of the input -> [K, H, W] of the image (the released nearest resize)."""
@@ -629,10 +593,7 @@ def build_sognet_model(config: SOGNetConfig, categories: Categories) -> SOGNet:
             region_in_channels=config.fpn_channels,
         )
     sizing, training, inference = resolve_settings(config)
-    silhouette = None
-    if config.use_silhouette_classifier:
-        silhouette = SilhouetteClassifier(labels.num_things, width=config.silhouette_width)
-    return SOGNet(detector, semantic_head, relation, categories, sizing, training, inference, silhouette, config.silhouette_size)
+    return SOGNet(detector, semantic_head, relation, categories, sizing, training, inference)
 
 
 @dataclass

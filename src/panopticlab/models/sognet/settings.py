@@ -74,8 +74,6 @@ class TrainingSettings:
     mask_head_only: bool = False
     #: the mask head learns the visible segments instead of the (amodal) instance masks
     visible_mask_targets: bool = False
-    #: the silhouette classifier's loss weight (with ``class_vote: silhouette``)
-    silhouette_loss_weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -106,15 +104,6 @@ class InferenceSettings:
     exclude_outside_box: bool = False
     #: the released test pipeline's canvas and pixel rules (``released_test.py``)
     released_pipeline: bool = False
-    #: each thing's class from the detector's box head (``box``) or from its segment's outline
-    #: (``silhouette``, the model's silhouette classifier)
-    class_vote: Literal["box", "silhouette"] = "box"
-    #: the panoptic logits' softmax (the heuristic merge: the semantic softmax and the masks' sigmoids)
-    #: filtered along the image's colour edges (``models/bilateral.py``; 0 passes = off) before the argmax
-    bilateral_iterations: int = 0
-    bilateral_radius: int = 9
-    bilateral_sigma_color: float = 15.0
-    bilateral_sigma_space: float = 9.0
 
     @property
     def class_agnostic(self) -> bool:
@@ -147,7 +136,6 @@ def resolve_settings(config: SOGNetConfig) -> tuple[InputSizing, TrainingSetting
         removal_within_box=config.removal_within_box,
         mask_head_only=config.detector_training == "mask_head_only",
         visible_mask_targets=config.mask_target == "visible",
-        silhouette_loss_weight=config.silhouette_loss_weight,
     )
     inference = InferenceSettings(
         merge="heuristic" if config.panoptic == "heuristic" else "panoptic_head",
@@ -165,10 +153,5 @@ def resolve_settings(config: SOGNetConfig) -> tuple[InputSizing, TrainingSetting
         removal_within_box=config.removal_within_box,
         exclude_outside_box=config.test_outside_box == "excluded",
         released_pipeline=config.test_pipeline == "released",
-        class_vote=config.class_vote,
-        bilateral_iterations=config.bilateral_iterations,
-        bilateral_radius=config.bilateral_radius,
-        bilateral_sigma_color=config.bilateral_sigma_color,
-        bilateral_sigma_space=config.bilateral_sigma_space,
     )
     return sizing, training, inference

@@ -1,6 +1,6 @@
 """SOGNet's input sizing and training targets, made per dataset item.
 
-:class:`PrepareTrainingItem` is the model's ``data_transform``: it runs in the loader's worker
+:class:`PrepareTrainingItem` is the model's ``targets_transform``: it runs in the loader's worker
 processes after the augmentation, resizes the item to the network's input size (short side
 ``min_size``, long side at most ``max_size``) and adds ``item["targets"]``:
 
@@ -66,7 +66,7 @@ def padded_size(sizes: list[tuple[int, int]], divisibility: int) -> tuple[int, i
 class PrepareTrainingItem:
     """``item -> item`` resized to the input size, with ``item["targets"]`` (see the module docstring).
 
-    Picklable, so it runs in data-loader workers (the model's ``data_transform``).
+    Picklable, so it runs in data-loader workers (the model's ``targets_transform``).
 
     Args:
         labels: the label spaces of the model's categories.

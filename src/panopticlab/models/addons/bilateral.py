@@ -11,6 +11,10 @@ The weights come from the image once: for pixel p and each neighbour q within ``
 ``w(p, q) = exp(-|I_p - I_q|^2 / (2 sigma_color^2) - |p - q|^2 / (2 sigma_space^2))``, normalised
 over q (neighbours outside the image take no part). Each pass replaces the map's value at p by
 the ``w``-weighted mean over q.
+
+Not part of Panoptic-DeepLab or SOGNet: a panopticlab option (:class:`BilateralRefinement`, an
+add-on) for data whose objects differ from their surroundings by sharp colour edges, such as the
+built-in shapes.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from panopticlab.models.base import AddOn
 
 
 def _window_offsets(radius: int) -> list[tuple[int, int]]:
@@ -60,36 +66,36 @@ def bilateral_filter(values: Tensor, weights: Tensor, iterations: int) -> Tensor
     return values
 
 
-def refine_heads(
-    image: Tensor,
-    sem_seg: Tensor,
-    offset: Tensor,
-    *,
-    iterations: int,
-    radius: int,
-    sigma_color: float,
-    sigma_space: float,
-) -> tuple[Tensor, Tensor]:
-    """Panoptic-DeepLab's semantic and offset heads filtered along the image's edges.
-
-    The semantic head's softmax probabilities are filtered (and returned as their logarithms, so its
-    argmax and softmax stay meaningful); the offsets are filtered as the centres they point to
-    (pixel position + offset, constant over an instance, so averaging keeps it where it was inside).
+class BilateralRefinement(AddOn):
+    """The add-on (``model.addons.bilateral``, ``models/base.py``): at test, the dense maps a family
+    hands over before grouping or merging (probabilities, the centres its offsets point to) are
+    each filtered ``iterations`` times along the image's colour edges. Nothing is learnt, so it
+    works on weights trained without it.
 
     Args:
-        image: [B, 3, H, W], RGB 0..255 (any dtype; computed in float32).
-        sem_seg: float [B, C, H, W] logits.
-        offset: float [B, 2, H, W], (dy, dx) in pixels.
-        iterations, radius, sigma_color, sigma_space: see :func:`bilateral_weights` and
-            :func:`bilateral_filter`.
-
-    Returns:
-        (sem_seg, offset) of the same shapes, float32.
+        iterations: passes of :func:`bilateral_filter` (0: off).
+        radius, sigma_color, sigma_space: the weights' window and Gaussians (:func:`bilateral_weights`).
     """
-    weights = bilateral_weights(image, radius, sigma_color, sigma_space)
-    rows, columns = (torch.arange(n, device=offset.device, dtype=torch.float32) for n in offset.shape[-2:])
-    position = torch.stack(torch.meshgrid(rows, columns, indexing="ij"))[None]  # [1, 2, H, W], (y, x)
-    # one filter over both maps: the channels are averaged independently, so this equals two calls
-    both = torch.cat((torch.softmax(sem_seg.float(), dim=1), offset.float() + position), dim=1)
-    probability, centres = bilateral_filter(both, weights, iterations).split((sem_seg.shape[1], 2), dim=1)
-    return probability.clamp(min=1e-30).log(), centres - position
+
+    name = "bilateral"
+
+    def __init__(self, *, iterations: int = 5, radius: int = 9, sigma_color: float = 15.0, sigma_space: float = 9.0):
+        super().__init__()
+        self.iterations = iterations
+        self.radius = radius
+        self.sigma_color = sigma_color
+        self.sigma_space = sigma_space
+
+    @property
+    def refines(self) -> bool:
+        return self.iterations > 0
+
+    def refine(self, images: Tensor, maps: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Every map of ``maps`` (float [B, K, H, W]) filtered with the weights of ``images`` ([B, 3, H, W],
+        RGB 0..255). The maps' channels are averaged independently, so one filter over all of them
+        (concatenated in the dict's order) equals one per map."""
+        names = list(maps)
+        stacked = torch.cat([maps[name] for name in names], dim=1)
+        weights = bilateral_weights(images.to(stacked.device), self.radius, self.sigma_color, self.sigma_space)
+        filtered = bilateral_filter(stacked, weights, self.iterations)
+        return dict(zip(names, filtered.split([maps[name].shape[1] for name in names], dim=1), strict=True))

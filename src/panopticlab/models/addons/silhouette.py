@@ -1,28 +1,33 @@
-"""A thing's class from its mask's outline alone: a small CNN on each instance's silhouette.
+"""The silhouette vote, an add-on: a thing's class from its mask's outline alone, by a small CNN.
 
 Not part of Panoptic-DeepLab or SOGNet: a panopticlab option for data whose classes are shapes
 (the built-in shapes dataset, where colour and texture are drawn the same way for every class).
 There the dense semantic head learns the outline slowly from RGB, while the same small network
 learns it in seconds from a binary mask (``benchmarks/shape_learnability.py``). The classifier is
 trained on ground-truth masks (blurred and re-thresholded, so that it also reads the softer
-outlines a model predicts) and applied at test to each predicted thing's mask.
+outlines a model predicts) and applied at test to each predicted thing's final segment.
 
 * :func:`instance_index_map`: a panoptic id map -> instances 1..N, the input of the crops;
 * :func:`silhouette_crops`: masks -> square crops around each mask, resized to ``size``;
 * :func:`roughen_silhouettes`: the training-time augmentation;
 * :class:`SilhouetteClassifier`: crops -> thing-class logits;
-* :func:`classify_by_silhouette`: a panoptic result with its things given the classifier's classes.
+* :func:`classify_by_silhouette`: a panoptic result with its things given the classifier's classes;
+* :class:`SilhouetteTargets`: the add-on's data transform (the ground truth's crops);
+* :class:`SilhouetteVote`: the add-on (``model.addons.silhouette``, ``models/base.py``).
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Sequence
+from typing import Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from panopticlab.data.coco_panoptic import Categories
+from panopticlab.models.base import ADDON_TARGETS, AddOn, Item, addon_targets
 from panopticlab.structures import PanopticResult
 
 #: each crop is the square around the mask's box, this many pixels wider on every side
@@ -172,3 +177,103 @@ def classify_by_silhouette(
         for seg, c, p in zip(things, chosen.tolist(), best.tolist(), strict=True)
     }
     return PanopticResult(result.id_map, [relabelled.get(seg.id, seg) for seg in result.segments])
+
+
+class SilhouetteTargets:
+    """``item -> item`` with the silhouette classifier's targets under ``item["addon_targets"]["silhouette"]``:
+    ``crops`` float32 [N, 1, S, S], the visible segments of the item's things, and ``classes`` int64
+    [N], their thing indices (the thing categories in dataset-id order). Picklable.
+
+    The things are the non-crowd thing segments of ``item["panoptic"]`` that have pixels, each once:
+    in the order of ``item["instances"]`` where the item has instances (each one's visible segment,
+    as the family's detector sees them), else in the order of the segments.
+
+    Args:
+        thing_index: dataset category id -> thing index, for the thing categories.
+        size: the crops' side S.
+    """
+
+    def __init__(self, thing_index: Mapping[int, int], size: int):
+        self.thing_index = dict(thing_index)
+        self.size = size
+
+    def __call__(self, item: Item) -> Item:
+        panoptic = item["panoptic"]
+        things = {s.id: s for s in panoptic.segments if s.category_id in self.thing_index and not s.iscrowd}
+        ids = list(things)
+        if "instances" in item:
+            ids = list(dict.fromkeys(i for i in item["instances"]["panoptic_segment_ids"].tolist() if i in things))
+        index_map = instance_index_map(torch.from_numpy(np.ascontiguousarray(panoptic.id_map)).long(), ids)
+        crops = silhouette_crops(index_map, len(ids), self.size)
+        present = crops.flatten(1).sum(dim=1) > 0
+        classes = torch.tensor([self.thing_index[things[i].category_id] for i in ids], dtype=torch.long)
+        targets = {"crops": crops[present], "classes": classes[present]}
+        return {**item, ADDON_TARGETS: {**item.get(ADDON_TARGETS, {}), SilhouetteVote.name: targets}}
+
+
+class SilhouetteVote(AddOn):
+    """The add-on: a :class:`SilhouetteClassifier` trained beside the model on the ground truth's
+    visible thing segments (``loss_silhouette``), naming each thing of a result from its final
+    segment at test.
+
+    Args:
+        categories: the dataset's categories (the classifier's classes are its thing categories).
+        width: channels of the classifier's first layers.
+        size: the side of its input crops.
+        loss_weight: the weight of ``loss_silhouette``.
+        semantic_prior: the class is the highest of the classifier's probability times the mean
+            semantic probability of the segment's pixels (the family's ``sem_seg``), not the
+            classifier's alone.
+        relabel: False: trained and loaded, but results keep the family's classes (to test such
+            weights without the vote).
+    """
+
+    name = "silhouette"
+
+    def __init__(
+        self,
+        categories: Categories,
+        *,
+        width: int = 16,
+        size: int = 32,
+        loss_weight: float = 1.0,
+        semantic_prior: bool = False,
+        relabel: bool = True,
+    ):
+        super().__init__()
+        self.network = SilhouetteClassifier(len(categories.thing_ids), width=width)
+        self.size = size
+        self.loss_weight = loss_weight
+        self.semantic_prior = semantic_prior
+        self.relabel_results = relabel
+        #: dataset ids of the thing classes (the classifier's outputs) and their contiguous ids
+        self.thing_ids = list(categories.thing_ids)
+        self.thing_channels = [categories.to_contiguous(i) for i in categories.thing_ids]
+
+    def data_transform(self) -> SilhouetteTargets:
+        return SilhouetteTargets({i: k for k, i in enumerate(self.thing_ids)}, self.size)
+
+    def loss(self, batch: Sequence[Item], outputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """``loss_silhouette``: the cross-entropy of the classifier on the batch's roughened crops
+        (:func:`roughen_silhouettes`)."""
+        targets = addon_targets(batch, self.name)
+        device = self.network.classifier.weight.device
+        crops = torch.cat([t["crops"] for t in targets]).to(device)
+        classes = torch.cat([t["classes"] for t in targets]).to(device)
+        if classes.numel() == 0:  # a zero that keeps every parameter in the graph
+            return {"loss_silhouette": sum(p.sum() for p in self.network.parameters()) * 0.0}
+        loss = F.cross_entropy(self.network(roughen_silhouettes(crops)), classes)
+        return {"loss_silhouette": self.loss_weight * loss}
+
+    def relabel(self, result: PanopticResult, dense: Mapping[str, Tensor]) -> PanopticResult:
+        """``result`` with its things classified by :func:`classify_by_silhouette` (times the mean
+        semantic probabilities of ``dense["sem_seg"]`` with ``semantic_prior``)."""
+        if not self.relabel_results:
+            return result
+        semantic = None
+        if self.semantic_prior:
+            logits = dense.get("sem_seg")
+            if logits is None or tuple(logits.shape[-2:]) != result.id_map.shape:
+                raise ValueError("the silhouette vote's semantic_prior needs the model's sem_seg at the result's size")
+            semantic = torch.softmax(logits.double(), dim=0)[self.thing_channels]
+        return classify_by_silhouette(result, self.network, self.size, self.thing_ids, semantic)
