@@ -16,6 +16,8 @@ What it reports:
 * **cycles**: strongly connected groups of modules (function-local imports included; importing
   ``a.b.c`` also runs package ``a.b``'s ``__init__``, so it counts as an import of that too);
 * **longest functions**: by source lines, the signature and docstring included;
+* **importers** (``--who-imports PACKAGE``): which modules outside a package import each of its
+  modules (by default the add-ons: only ``models/__init__.py`` should);
 * **config reads**: attribute reads on a config section, counted per function. A read is an
   attribute chain rooted at a name ``config`` / ``cfg`` or ``self.config``, or at a local variable
   assigned from such a chain (``c = self.config``, ``s = config.solver``), or a ``getattr`` on one.
@@ -257,11 +259,22 @@ def _is_inner(node: ast.Attribute, func: ast.AST) -> bool:
     return False
 
 
-def report(src: Path = SRC) -> dict[str, object]:
+def importers(modules: dict[str, Module], prefix: str) -> dict[str, list[str]]:
+    """Each module under ``prefix`` (``panopticlab.x`` covers ``panopticlab.x`` and ``panopticlab.x.*``)
+    -> the modules outside it that import it."""
+    inside = lambda name: name == prefix or name.startswith(prefix + ".")  # noqa: E731
+    return {
+        target: sorted(m.name for m in modules.values() if target in m.imports and not inside(m.name))
+        for target in sorted(name for name in modules if inside(name))
+    }
+
+
+def report(src: Path = SRC, who_imports: tuple[str, ...] = ()) -> dict[str, object]:
     modules = discover(src)
     read_imports(modules)
     edges = sum(len(m.imports) for m in modules.values())
     return {
+        "importers": {prefix: importers(modules, prefix) for prefix in who_imports},
         "modules": len(modules),
         "imports": edges,
         "layers": [name for name, _ in LAYERS],
@@ -276,8 +289,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, help="write the whole report as JSON")
     parser.add_argument("--src", type=Path, default=SRC, help="the src/ folder to read (default: this checkout's)")
+    parser.add_argument("--who-imports", nargs="*", default=["panopticlab.models.addons"], metavar="MODULE",
+                        help="list the modules outside each of these packages that import it (default: the add-ons)")
     args = parser.parse_args()
-    result = report(args.src)
+    result = report(args.src, tuple(args.who_imports))
     print(f"{result['modules']} modules, {result['imports']} imports between them")
     print(f"cycles: {len(result['cycles'])}")
     for group in result["cycles"]:
@@ -292,6 +307,10 @@ def main() -> None:
     print(f"config reads: {reads['reads']} in {reads['functions']} functions")
     outside = reads["model_reads_outside_builders"]
     print(f"  by model code outside its builders: {outside['reads']} in {outside['functions']} functions")
+    for prefix, found in result["importers"].items():
+        print(f"who imports {prefix}:")
+        for target, sources in found.items():
+            print(f"  {target}: {', '.join(sources) or 'nothing outside it'}")
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
