@@ -161,8 +161,9 @@ def test_a_former_family_value_names_its_new_place(section, key, value, place):
 
 def test_the_addons_section_reads_each_addon_and_its_defaults():
     config = from_dict(Config, {"model": {"addons": {"bilateral": {}, "silhouette": {"size": 16}}}})
-    assert config.model.addons.names == ["silhouette", "bilateral"]
     assert config.model.addons.bilateral.iterations == 5 and config.model.addons.silhouette.size == 16
-    assert from_dict(Config, {}).model.addons.names == []
+    assert config.model.addons.silhouette.width == 16 and config.model.addons.silhouette.relabel
+    default = from_dict(Config, {}).model.addons
+    assert default.silhouette is None and default.bilateral is None
     with pytest.raises(InputError, match="unknown key 'model.addons.crf'"):
         from_dict(Config, {"model": {"addons": {"crf": {}}}})

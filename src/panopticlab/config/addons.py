@@ -83,7 +83,3 @@ class AddOnsConfig(Section):
 
     silhouette: Optional[SilhouetteConfig] = None
     bilateral: Optional[BilateralConfig] = None
-
-    @property
-    def names(self) -> list[str]:
-        return [name for name in ("silhouette", "bilateral") if getattr(self, name) is not None]

@@ -21,7 +21,6 @@ __all__ = ["BilateralRefinement", "SilhouetteVote", "build_addons"]
 
 def build_addons(config: AddOnsConfig, categories: Categories) -> list[AddOn]:
     """The add-ons of a ``model.addons`` section for these categories, in the section's order."""
-    check_section(config, "model.addons.")
     addons: list[AddOn] = []
     if config.silhouette is not None:
         s = config.silhouette
