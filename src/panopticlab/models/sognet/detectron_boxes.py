@@ -21,8 +21,8 @@ What does differ, and is built here:
   in continuous form is ``x1 in [0, W - 1]``, ``x2 in [1, W]`` (torchvision: both in ``[0, W]``).
 * :func:`released_proposals`: the released proposal step (``PyramidProposal`` with
   ``individual_proposals``): per level the top ``pre_nms_top_n`` by score, clip, size filter,
-  NMS, the top ``post_nms_top_n`` **of that level**, all levels concatenated (torchvision keeps
-  ``post_nms_top_n`` over all levels together).
+  NMS, the top ``post_nms_top_n`` of that level; then all levels together, by decreasing score,
+  cut to ``post_nms_top_n`` once more (so at most 1,000 proposals at test, not 5,000).
 * :class:`DetectronRoIAlign`: the released ``FPNRoIAlign``: level
   ``floor(2 + log2(sqrt(w h) / 224 + 1e-6))`` clipped to P2..P5 with the inclusive ``w, h``, and
   the legacy RoIAlign (``aligned=False``, 2 x 2 samples per bin) on the inclusive box
@@ -129,8 +129,8 @@ def released_proposals(
 ) -> tuple[list[Tensor], list[Tensor]]:
     """The released proposal step on decoded anchors (in place of torchvision's ``filter_proposals``):
     per level the top ``pre_nms_top_n`` by score, :func:`clip_boxes_legacy`, the ``min_size``
-    filter, NMS and that level's top ``post_nms_top_n``; the levels concatenated P2 first, each by
-    decreasing score.
+    filter, NMS and that level's top ``post_nms_top_n``; then the levels together, by decreasing
+    score, cut to ``post_nms_top_n`` again (``PyramidProposal.forward`` sorts the function's output).
 
     Args:
         proposals: float [B, A, 4] decoded anchors (continuous boxes); objectness: float [B, A] logits.
@@ -151,8 +151,11 @@ def released_proposals(
             keep = box_ops.nms(boxes, scores, nms_threshold)[:post_nms_top_n]
             kept_boxes.append(boxes[keep])
             kept_scores.append(scores[keep])
-        final_boxes.append(torch.cat(kept_boxes))
-        final_scores.append(torch.cat(kept_scores))
+        boxes, scores = torch.cat(kept_boxes), torch.cat(kept_scores)
+        # then the top post_nms_top_n of all levels (the released PyramidProposal module's sort)
+        top = torch.sort(scores, descending=True, stable=True).indices[:post_nms_top_n]
+        final_boxes.append(boxes[top])
+        final_scores.append(scores[top])
     return final_boxes, final_scores
 
 
