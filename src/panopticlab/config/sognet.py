@@ -35,9 +35,11 @@ class SOGNetConfig(Section):
     backbone: str = "resnet50"
     #: ImageNet weights of the backbone (a torchvision ResNet or timm state dict), loaded when the model is built
     backbone_weights: str | None = None
-    #: ResNets: frozen_bn (pretrained weights, the recipe) or bn (trainable BatchNorm, training from scratch).
+    #: ResNets: frozen_bn (pretrained weights, the recipe) or bn (trainable BatchNorm, training from scratch);
+    #: eval_bn: frozen, computed by eval-mode BatchNorm's kernel (the released SOGNet / UPSNet code's
+    #: fixed ``nn.BatchNorm2d``, bit for bit; frozen_bn's multiply-add rounds differently in the last bit).
     #: timm backbones keep their own (trainable) norm layers.
-    backbone_norm: Literal["frozen_bn", "bn"] = "frozen_bn"
+    backbone_norm: Literal["frozen_bn", "eval_bn", "bn"] = "frozen_bn"
     #: ResNets: the stride of each stage's first block in its 1x1 conv (caffe / Detectron, the released
     #: SOGNet and UPSNet weights) instead of its 3x3 conv (torchvision)
     stride_in_1x1: bool = False

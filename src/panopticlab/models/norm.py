@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torchvision.ops.misc import FrozenBatchNorm2d
 
 
 def convert_sync_batchnorm_if_distributed(model: nn.Module) -> nn.Module:
@@ -19,6 +21,15 @@ def convert_sync_batchnorm_if_distributed(model: nn.Module) -> nn.Module:
     except ImportError:
         convert_sync_batchnorm = nn.SyncBatchNorm.convert_sync_batchnorm
     return convert_sync_batchnorm(model)
+
+
+class EvalFrozenBatchNorm2d(FrozenBatchNorm2d):
+    """torchvision's :class:`~torchvision.ops.misc.FrozenBatchNorm2d` (the same buffers, never
+    updated), computed by ``F.batch_norm(training=False)``: the arithmetic of an ``nn.BatchNorm2d``
+    in eval mode, bit for bit, which is what the released SOGNet / UPSNet backbones run."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
 
 
 #: (convolution, BatchNorm) attribute pairs that a module applies one right after the other

@@ -44,6 +44,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from panopticlab.models.backbone_weights import load_backbone_weights
 from panopticlab.models.sognet import detectron_boxes
 from panopticlab.models.backbones import TimmBackbone
+from panopticlab.models.norm import EvalFrozenBatchNorm2d
 from panopticlab.config.sognet import SOGNetConfig
 
 #: the FPN levels the RoI heads and the semantic head read (P2..P5)
@@ -109,7 +110,7 @@ def build_backbone_fpn(config: SOGNetConfig) -> nn.Module:
         c5_channels = model.body.feature_channels["res5"]
         fpn = model.fpn
     else:
-        norm = FrozenBatchNorm2d if config.backbone_norm == "frozen_bn" else nn.BatchNorm2d
+        norm = {"frozen_bn": FrozenBatchNorm2d, "eval_bn": EvalFrozenBatchNorm2d, "bn": nn.BatchNorm2d}[config.backbone_norm]
         body = getattr(torchvision.models, name)(weights=None, norm_layer=norm)
         if config.stride_in_1x1:
             move_stride_to_1x1(body)
