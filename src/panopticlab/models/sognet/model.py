@@ -35,11 +35,12 @@ may relabel a ``predict`` result (not ``merge_given``'s, whose classes are given
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torchvision.models.detection.image_list import ImageList
 
@@ -83,7 +84,14 @@ from panopticlab.models.sognet.panoptic_head import (
     paste_mask_logits,
     unknown_logits,
 )
-from panopticlab.models.sognet.released_test import nearest_to_image, paste_mask_logits_released, semantic_crop_support
+from panopticlab.models.sognet.released_test import (
+    nearest_to_image,
+    paste_mask_logits_released,
+    released_network_input,
+    released_overlap_graph,
+    released_overlapping_order,
+    semantic_crop_support,
+)
 from panopticlab.models.sognet.relation import RelationModule, intersection_boxes, overlapping_order, relation_loss
 from panopticlab.models.sognet.semantic_head import SemanticHead, semantic_loss, semantic_roi_loss
 from panopticlab.models.sognet.settings import InferenceSettings, InputSizing, TrainingSettings, resolve_settings
@@ -267,6 +275,7 @@ class SOGNet(PanopticModel):
         pairwise: bool = False,
         support: Tensor | None = None,
         relation: Tensor | None = None,
+        order: Callable[[Tensor], Tensor] = overlapping_order,
     ) -> tuple[Tensor, Tensor]:
         """Overlap removal among the instances that overlap another one.
 
@@ -280,12 +289,15 @@ class SOGNet(PanopticModel):
             support: optional bool [N, H, W], each box on the canvas: the removal's sigmoid is 0
                 outside it (``removal_within_box``).
             relation: a given O [N, N] used instead of the module's (the relation experiment's arms).
+            order: ``overlap`` -> the instances that go through the relation, in order
+                (:func:`.relation.overlapping_order`; the released pipeline's tie order:
+                :func:`.released_test.released_overlapping_order`).
 
         Returns:
             the resolved logits [N, H, W] (the others unchanged) and the relation loss
             against ``overlap`` on the subset (0, still connected, with fewer than 2 or a given O).
         """
-        subset = overlapping_order(overlap)
+        subset = order(overlap)
         if relation is None:
             relation = self._relation(labels[subset], boxes[subset], appearance[subset], regions)
             loss = relation_loss(relation, overlap[subset][:, subset])
@@ -420,11 +432,13 @@ class SOGNet(PanopticModel):
         logits [C, H, W] on the merge's canvas: the image's resolution, or with ``released`` the
         (un-padded) input's, the stride-4 logits upsampled x4 as the released code does."""
         height, width = image.shape[-2:]
-        images = self._preprocess([self._resize(image.to(self.device))])
+        images = self._network_input(image.to(self.device))
         features = self.detector.backbone(images.tensors)
         semantic, _ = self.semantic_head([features[level] for level in FPN_LEVELS])
-        canvas = images.image_sizes[0] if released else (height, width)
-        return images, features, resample_to_image(semantic[0], images.image_sizes[0], canvas)
+        if released:  # as the released FCN head: x4 on the padded input, then cropped to the input
+            h, w = images.image_sizes[0]
+            return images, features, F.interpolate(semantic, scale_factor=4, mode="bilinear", align_corners=False)[0, :, :h, :w]
+        return images, features, resample_to_image(semantic[0], images.image_sizes[0], (height, width))
 
     def _instances(
         self, images: ImageList, features: dict[str, Tensor], image_size: tuple[int, int], input_boxes: Tensor, labels: Tensor,
@@ -493,11 +507,14 @@ class SOGNet(PanopticModel):
         # each box on the image, computed once for the options that need it
         support = box_support(boxes.float(), height, width) if s.removal_within_box or s.exclude_outside_box else None
         if self.relation is not None or relation is not None:
-            overlap = overlap_graph(masks > 0, s.overlap_threshold)
+            if s.released_pipeline:
+                overlap, order = released_overlap_graph(masks > 0, s.overlap_threshold), released_overlapping_order
+            else:
+                overlap, order = overlap_graph(masks > 0, s.overlap_threshold), overlapping_order
             masks, _ = self._resolve(
                 masks, labels, instances.input_boxes[kept], instances.appearance[kept], overlap, (features, input_size),
                 pairwise=s.pairwise_relation, support=support if s.removal_within_box else None,
-                relation=None if relation is None else relation.to(self.device)[kept][:, kept],
+                relation=None if relation is None else relation.to(self.device)[kept][:, kept], order=order,
             )  # fmt: skip
         crop = semantic_crop_support(boxes, height, width) if s.released_pipeline else box_support(boxes.float(), height, width)
         logits = self._panoptic_logits(
@@ -539,7 +556,7 @@ class SOGNet(PanopticModel):
             things = self.labels.thing_index(labels.to(self.device))
             if not (self.relation.appearance_channels or self.relation.pair_appearance_channels):
                 return self.relation(things, input_boxes).cpu()
-            images = self._preprocess([self._resize(image)])
+            images = self._network_input(image)
             features = self.detector.backbone(images.tensors)
             _, pooled = mask_head_outputs(self.detector, features, [input_boxes], [things + 1], images.image_sizes)
             return self._relation(things, input_boxes, pooled[0], (features, images.image_sizes[0])).cpu()
@@ -549,6 +566,17 @@ class SOGNet(PanopticModel):
         return [] if self.relation is None else [OverlapRelationEvaluator(self.predict_relations)]
 
     # -- input -------------------------------------------------------------------------------
+
+    def _network_input(self, image: Tensor) -> ImageList:
+        """One image float [3, H, W] (RGB 0..255) -> the padded, normalised batch of one at input size;
+        with the released pipeline by the released arithmetic (``released_test.released_network_input``)."""
+        if not self.sizing.released_resize:
+            return self._preprocess([self._resize(image)])
+        s = self.sizing
+        network_input = released_network_input(image.float(), s.pixel_mean, s.pixel_std, s.scale(*image.shape[-2:]), s.bgr)
+        size = (int(network_input.shape[-2]), int(network_input.shape[-1]))
+        height, width = padded_size([size], s.size_divisibility)
+        return ImageList(pad_to(network_input, height, width, 0.0)[None], [size])
 
     def _resize(self, image: Tensor) -> Tensor:
         """float [3, H, W] -> the network's input size (:meth:`~.settings.InputSizing.input_size`)."""

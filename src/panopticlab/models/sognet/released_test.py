@@ -7,7 +7,7 @@ and rounds boxes to pixels, in three different ways, all built here:
 
 * :func:`paste_mask_logits_released` (``MaskRemoval``): the inclusive box truncated to integers,
   the 28 x 28 logits resized bilinearly to its ``(x2 - x1 + 1) x (y2 - y1 + 1)`` pixels
-  (``cv2.resize``, half-pixel centres) and pasted, 0 elsewhere;
+  (``cv2.resize``'s rule: :func:`opencv_linear_resize`) and pasted, 0 elsewhere;
 * :func:`semantic_crop_support` (``SegTerm``): each instance's semantic logit kept on rows
   ``int(y1) .. round(y2)`` and columns ``int(x1) .. round(x2)`` of the inclusive box;
 * :func:`nearest_to_image` (``cv2.resize(..., fx=1 / im_scale, INTER_NEAREST)``): the panoptic
@@ -21,7 +21,6 @@ Boxes are panopticlab's continuous ones (the released inclusive box with ``x2 + 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -38,7 +37,7 @@ def paste_mask_logits_released(mask_logits: Tensor, boxes: Tensor, height: int, 
     inclusive = torch.trunc(boxes.detach().float() - boxes.new_tensor([0.0, 0.0, 1.0, 1.0])).to(torch.int64)
     for i, (bx0, by0, bx1, by1) in enumerate(inclusive.tolist()):
         w, h = max(bx1 - bx0 + 1, 1), max(by1 - by0 + 1, 1)
-        logits = F.interpolate(mask_logits[i][None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+        logits = opencv_linear_resize(mask_logits[i].float(), (h, w), (h / mask_logits.shape[-2], w / mask_logits.shape[-1]))
         x0, x1, y0, y1 = max(bx0, 0), min(bx1 + 1, width), max(by0, 0), min(by1 + 1, height)
         if x1 > x0 and y1 > y0:
             canvas[i, y0:y1, x0:x1] = logits[y0 - by0 : y1 - by0, x0 - bx0 : x1 - bx0]
@@ -67,3 +66,71 @@ def nearest_to_image(maps: Tensor, image_size: tuple[int, int], scale: float) ->
     rows = torch.floor(torch.arange(height, dtype=torch.float64) * scale).to(torch.int64).clamp(max=maps.shape[-2] - 1)
     cols = torch.floor(torch.arange(width, dtype=torch.float64) * scale).to(torch.int64).clamp(max=maps.shape[-1] - 1)
     return maps[..., rows.to(maps.device)[:, None], cols.to(maps.device)[None, :]]
+
+
+def released_overlap_graph(masks: Tensor, threshold: float = 0.1) -> Tensor:
+    """float32 [N, N]: which of N masks (bool [N, H, W]) overlap, as the released test decides it
+    (``SOGNet.get_new_index``): ``|M_i & M_j| / min(|M_i|, |M_j|) > threshold`` in float32, strictly
+    (:func:`~panopticlab.masks.overlap_graph`, the training rule, takes ``>=`` in float64: the two
+    differ where the fraction is exactly the threshold, e.g. 10 of 100 pixels)."""
+    flat = masks.flatten(1).float()
+    intersection = flat @ flat.T  # pixel counts, exact in float32 below 2**24
+    area = intersection.diagonal()
+    fraction = intersection / torch.minimum(area[:, None], area[None, :])  # 0 / 0 = nan: no overlap
+    overlap = fraction - torch.eye(len(masks), device=masks.device) > threshold
+    return overlap.float()
+
+
+def released_overlapping_order(overlap: Tensor) -> Tensor:
+    """int64 [M]: the instances that overlap another, most partners first, in the released order:
+    ``(-partners).argsort()`` on float32, torch's default (not stable) sort, the call the released
+    code makes, so that instances with as many partners come in the order it gives them."""
+    partners = (overlap > 0).float().sum(dim=1)
+    return (-partners).argsort()[: int((partners > 0).sum())]
+
+
+def released_network_input(image: Tensor, mean: tuple[float, ...], std: tuple[float, ...], scale: float, bgr: bool) -> Tensor:
+    """The released ``prep_im_for_blob``: an image float [3, H, W] (RGB 0..255) -> the network's
+    input float32 [3, round(H * scale), round(W * scale)] before padding.
+
+    The released order and arithmetic: channels reversed (BGR), the means subtracted in float64 and
+    rounded to float32 (numpy's in-place ``im -= pixel_means``), then ``cv2.resize(im, fx=scale,
+    fy=scale, INTER_LINEAR)``: output pixel ``d`` samples ``(d + 0.5) / scale - 0.5`` (OpenCV's
+    ``1 / fx``; ``interpolate(size=...)`` would use ``in / out``, a quarter pixel away at the far
+    side of a 640 -> 1067 resize), clamped to the edges, the weights computed in float64 and
+    rounded to float32, rows then columns in float32. OpenCV's own kernel still rounds differently
+    in the last bit (one or two float32 ulps, at about half of the pixels: docs/model_zoo.md).
+    """
+    if bgr:
+        image = image.flip(0)
+    mean64 = torch.tensor(mean, dtype=torch.float64, device=image.device).view(3, 1, 1)
+    std64 = torch.tensor(std, dtype=torch.float64, device=image.device).view(3, 1, 1)
+    normalised = ((image.double() - mean64) / std64).float()
+    if scale == 1.0:
+        return normalised
+    height, width = normalised.shape[-2:]
+    return opencv_linear_resize(normalised, (max(1, round(height * scale)), max(1, round(width * scale))), (scale, scale))
+
+
+def opencv_linear_resize(maps: Tensor, size: tuple[int, int], scale: tuple[float, float]) -> Tensor:
+    """``cv2.resize(..., INTER_LINEAR)`` of float maps [..., h, w] to ``size`` (H, W), OpenCV's rule:
+    output pixel ``d`` samples ``(d + 0.5) / scale - 0.5`` (``scale`` = (y, x): ``fx``, ``fy`` when the
+    call gives them, else ``H / h``, ``W / w``), clamped to the edges, the weights computed in float64
+    and rounded to float32, columns then rows in float32."""
+    rows, row_next, row_weights = _linear_taps(maps.shape[-2], size[0], scale[0], maps.device)
+    cols, col_next, col_weights = _linear_taps(maps.shape[-1], size[1], scale[1], maps.device)
+    horizontal = maps[..., cols] * col_weights[0] + maps[..., col_next] * col_weights[1]
+    return horizontal[..., rows, :] * row_weights[0][:, None] + horizontal[..., row_next, :] * row_weights[1][:, None]
+
+
+def _linear_taps(size_in: int, size_out: int, scale: float, device: torch.device) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor]]:
+    """OpenCV's INTER_LINEAR taps along one axis: source indices (first, second) and float32 weights."""
+    position = (torch.arange(size_out, dtype=torch.float64, device=device) + 0.5) * (1.0 / scale) - 0.5
+    first = torch.floor(position)
+    fraction = position - first
+    first = first.to(torch.int64)
+    low, high = first < 0, first >= size_in - 1
+    fraction[low | high] = 0.0
+    first = first.clamp(0, size_in - 1)
+    second = (first + 1).clamp(max=size_in - 1)
+    return first, second, ((1.0 - fraction).float(), fraction.float())
