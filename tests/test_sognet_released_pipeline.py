@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import cv2  # the test extra installs it, as the released pipeline needs it
 import numpy as np
 import pytest
 import torch
@@ -55,6 +56,19 @@ def test_nearest_to_image_hand_worked():
     out = nearest_to_image(maps, (5, 7), 0.6)[0]
     assert out[:, 0].tolist() == [0, 0, 4, 4, 8]
     assert out[0].tolist() == [0, 0, 1, 1, 2, 3, 3]
+
+
+def test_nearest_to_image_rounds_the_scale_as_test_net_does():
+    # an image 310 pixels high tested at 800: scale 2.5806..., test_net.py's fx = 1 / im_info[2] is
+    # float32, and row 31 of the image reads input row 79 (floor(31 * scale) in float64 would be 80)
+    scale = 800 / 310
+    maps = (torch.arange(800 * 4) % 251).view(800, 4).to(torch.uint8)
+    fx = 1 / np.float32(scale)
+    expected = cv2.resize(maps.numpy(), None, None, fx=fx, fy=fx, interpolation=cv2.INTER_NEAREST)
+    assert expected.shape[0] == 310
+    out = nearest_to_image(maps[None], (310, expected.shape[1]), scale)[0]
+    assert torch.equal(out, torch.from_numpy(expected))
+    assert out[31, 0] == maps[79, 0]
 
 
 # -- the released merge, written out -----------------------------------------------------------
