@@ -51,9 +51,9 @@ PROJECTS = {
     "sognet": {"package": "sognet", "builder": ("sognet.models.sognet", "resnet_50_sognet")},
     "upsnet": {"package": "upsnet", "builder": ("upsnet.models.resnet_upsnet", "resnet_50_upsnet")},
 }
-COMPILED = ("._ext.", ".bbox.bbox", ".nms.cpu_nms", ".nms.gpu_nms", ".nms.nms_kernel", ".rpn.anchors")
+COMPILED = ("._ext.", ".bbox.bbox.", ".nms.cpu_nms.", ".nms.gpu_nms.", ".nms.nms_kernel.", ".rpn.anchors.")  # whole module names
 #: third-party packages the released modules import for data loading and training only
-DATA_PACKAGES = ("cv2", "scipy", "skimage", "horovod", "tensorboardX", "numba", "matplotlib")
+DATA_PACKAGES = ("cv2", "scipy", "skimage", "horovod", "tensorboardX", "numba", "matplotlib", "networkx")
 
 
 class _Unavailable:
@@ -83,11 +83,12 @@ class _StandInModule(types.ModuleType):
 class _StandInFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Finds the compiled modules and the data-loading packages and gives them stand-ins."""
 
-    def __init__(self, package: str):
+    def __init__(self, package: str, real_packages: tuple[str, ...] = ()):
         self.package = package
+        self.stand_ins = tuple(p for p in DATA_PACKAGES if p not in real_packages)
 
     def _wanted(self, name: str) -> bool:
-        if name.split(".")[0] in DATA_PACKAGES:
+        if name.split(".")[0] in self.stand_ins:
             return True
         return name.startswith(self.package + ".") and any(part in name + "." for part in COMPILED)
 
@@ -148,9 +149,13 @@ def extract(repo: Path, folder: Path) -> None:
         tar.extractall(folder, filter="data")
 
 
-def build_released_network(project: str, repo: Path, experiment: str) -> tuple[object, tempfile.TemporaryDirectory]:
+def build_released_network(
+    project: str, repo: Path, experiment: str, real_packages: tuple[str, ...] = ()
+) -> tuple[object, tempfile.TemporaryDirectory]:
     """The released network of ``project`` under ``experiment``, built by the released code (see the
-    module docstring), and the scratch folder holding the code (keep it alive while the code runs)."""
+    module docstring), and the scratch folder holding the code (keep it alive while the code runs).
+    ``real_packages``: data packages of :data:`DATA_PACKAGES` imported for real (the end-to-end
+    run needs OpenCV's resize)."""
     import yaml
 
     spec = PROJECTS[project]
@@ -158,7 +163,7 @@ def build_released_network(project: str, repo: Path, experiment: str) -> tuple[o
     scratch = tempfile.TemporaryDirectory()
     extract(repo, Path(scratch.name))
     sys.path.insert(0, scratch.name)
-    sys.meta_path.insert(0, _StandInFinder(package))
+    sys.meta_path.insert(0, _StandInFinder(package, real_packages))
     sys.modules["easydict"] = _easydict_module()
     for name in ("Sequence", "Mapping", "Iterable", "MutableMapping"):  # Python < 3.10 aliases the code imports
         setattr(collections, name, getattr(collections.abc, name))
