@@ -282,6 +282,13 @@ def panopticlab_run(case: str, image_rgb: np.ndarray, test_size: tuple[int, int]
         return result
 
     model._panoptic_logits = recorded_logits
+    instances = model._instances
+
+    def recorded_instances(images, features, size, input_boxes, labels, **kwargs):
+        stages["instances_in"] = (input_boxes.clone(), labels.clone())  # the candidates, in the merge's order
+        return instances(images, features, size, input_boxes, labels, **kwargs)
+
+    model._instances = recorded_instances
     model.detector.backbone.register_forward_hook(lambda m, i, o: stages.update(input=i[0].clone(), fpn=[t.clone() for t in o.values()]))
     model.semantic_head.register_forward_hook(lambda m, i, o: stages.update(semantic=o[0].clone()))
     proposals = []
@@ -340,7 +347,7 @@ def _segments(pan: np.ndarray) -> np.ndarray:
     return pan.astype(np.int64)
 
 
-def _partition_agreement(released_ids: np.ndarray, released_class: np.ndarray, ours_ids: np.ndarray, ours_class: np.ndarray) -> dict:
+def partition_agreement(released_ids: np.ndarray, released_class: np.ndarray, ours_ids: np.ndarray, ours_class: np.ndarray) -> dict:
     """Two panoptic maps as segment id maps [H, W] with their per-pixel class: the pixels of each
     released segment that lie in its matching segment of ours (the one that holds most of its
     pixels, same class, matched one to one), and the counts."""
@@ -390,7 +397,8 @@ def compare(case: str, released: dict, model, result, ours: dict) -> dict:
     r_kept_boxes = _continuous(r_boxes[keep.long(), 1:]) if len(r_scores) else torch.zeros(0, 4)
     r_kept_classes = r_classes[keep.long()] if len(r_scores) else torch.zeros(0, dtype=torch.int64)
     kept = ours["same_class_removal"][0][2]
-    o_kept_boxes, o_kept_classes = detections["boxes"][kept], detections["labels"][kept]
+    merge_boxes, merge_labels = ours["instances_in"]  # the candidates in the order the merge takes them
+    o_kept_boxes, o_kept_classes = merge_boxes[kept], merge_labels[kept] + 1
     removal = _box_sets(r_kept_boxes, o_kept_boxes)
     matches = _match(r_kept_boxes, r_kept_classes, o_kept_boxes, o_kept_classes)
     removal["same_order"] = matches == list(range(len(r_kept_boxes)))
@@ -436,7 +444,7 @@ def compare(case: str, released: dict, model, result, ours: dict) -> dict:
     o_class_map[o_owned] = o_kept_classes.numpy()[o_instance[o_owned]] + num_stuff - 1
     r_ids = np.where(thing, r_argmax, 1000 + r_class_map)
     o_ids = np.where(o_instance >= 0, num_stuff + np.array(final_matches + [10**6])[np.where(o_instance >= 0, o_instance, len(final_matches))], 1000 + o_class_map)
-    argmax = _partition_agreement(r_ids, r_class_map, o_ids, o_class_map)
+    argmax = partition_agreement(r_ids, r_class_map, o_ids, o_class_map)
     argmax["equal"] = argmax["pixels_that_differ"] == 0 and r_argmax.shape == o_instance.shape
     stages["panoptic_argmax"] = argmax
     # 7. the final map (get_unified_pan_result's pan_2ch against our result)
@@ -447,7 +455,7 @@ def compare(case: str, released: dict, model, result, ours: dict) -> dict:
     for segment in result.segments:
         o_class_of_id[segment.id] = rows[category_to_contiguous[segment.category_id]]
     o_final_class = np.vectorize(o_class_of_id.get)(result.id_map)
-    final = _partition_agreement(np.where(r_final_class == 255, -1, r_final_ids), r_final_class, np.where(result.id_map == 0, -1, result.id_map), o_final_class)
+    final = partition_agreement(np.where(r_final_class == 255, -1, r_final_ids), r_final_class, np.where(result.id_map == 0, -1, result.id_map), o_final_class)
     r_segments = {int(v) for v in np.unique(r_final_ids[r_final_class != 255])}
     final["released_segments"] = {"thing": sum(1 for v in r_segments if v % 1000), "stuff": sum(1 for v in r_segments if not v % 1000)}
     final["panopticlab_segments"] = {"thing": sum(1 for s in result.segments if s.isthing), "stuff": sum(1 for s in result.segments if not s.isthing)}
@@ -488,7 +496,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report", type=Path)
     parser.add_argument("--fixture", type=Path, help="write the first image, its released final map and segments here")
-    parser.add_argument("--class-bias", type=json.loads, help='box-classifier biases, JSON {"column": bias}; {} lets no candidate through')
+    parser.add_argument("--class-bias", type=json.loads, help='box-classifier biases, JSON {"column": bias}, replacing the default ones; {"0": 40} (the background) lets no candidate through')
+    parser.add_argument("--offset-scale", type=float, default=1.0, help="released_weights' offset_scale (the fixtures: 0.1)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1, help="runs of each side per image (the times: the fastest)")
     args = parser.parse_args()
@@ -499,7 +508,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = Path(folder) / "released.pth"
         class_bias = None if args.class_bias is None else {int(k): float(v) for k, v in args.class_bias.items()}
-        torch.save(released_weights(args.case, args.seed, class_bias), checkpoint)  # as the released trainer saves a model
+        torch.save(released_weights(args.case, args.seed, class_bias, args.offset_scale), checkpoint)  # as the released trainer saves a model
         for k, spec in enumerate(args.image):
             size, test_size = parse_image(spec)
             image = test_image(*size, seed=args.seed + k)
@@ -525,17 +534,30 @@ def main() -> None:
                 Image.fromarray(released["coco_png"]).save(args.fixture / "released_coco.png")
                 write_json(args.fixture / "released_segments_info.json", released["coco_segments_info"])
                 write_json(args.fixture / "fixture.json", {
-                    "case": args.case, "seed": args.seed, "image": spec, "test_size": list(test_size),
+                    "case": args.case, "seed": args.seed, "offset_scale": args.offset_scale, "image": spec,
+                    "test_size": list(test_size),
                     "made_by": "python tools/released_sognet_end_to_end.py " + " ".join(sys.argv[1:]),
                     "released_commit": subprocess_git_head(args.git),
                     # a convolution's last bit depends on these: the test replays with the same threads
                     "threads": args.threads, "torch": torch.__version__.split("+")[0],
-                    "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                    "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu": cpu_model(),
                 })  # fmt: skip
     if args.report:
-        write_json(args.report, {"case": args.case, "seed": args.seed, "class_bias": args.class_bias, "torch": torch.__version__,
+        write_json(args.report, {"case": args.case, "seed": args.seed, "class_bias": args.class_bias,
+                                 "offset_scale": args.offset_scale, "threads": args.threads, "cpu": cpu_model(), "torch": torch.__version__,
                                  "released_commit": subprocess_git_head(args.git), "images": results})  # fmt: skip
         print(f"wrote {args.report}")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or the platform's processor string."""
+    import platform
+
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
 
 
 def subprocess_git_head(git_dir: Path) -> str:

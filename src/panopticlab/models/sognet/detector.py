@@ -415,8 +415,9 @@ def detect(
     ``nms_threshold``: across classes when ``class_agnostic`` (SOGNet's panoptic instance
     set, reference §4.4 step 3), per class otherwise (torchvision's detections). At most
     ``max_detections`` per image, highest score first. With ``detector.detectron_boxes``: the
-    released ``MaskROI``: boxes clipped as the released code clips them, no size filter, and
-    ties at the ``max_detections`` cut kept.
+    released ``MaskROI``: boxes clipped as the released code clips them, no size filter, its NMS
+    order of equal scores, ties at the ``max_detections`` cut kept, and (class-specific) the
+    classes one after the other.
 
     Returns:
         per image ``boxes`` float [D, 4] (input pixels), ``labels`` int64 [D] (1..K), ``scores`` float [D].
@@ -441,7 +442,10 @@ def detect(
         if not released:
             keep = box_ops.remove_small_boxes(boxes, min_size=1e-2)
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        if class_agnostic:
+        if released:  # the released MaskROI's NMS, equal scores in its (numpy's) order
+            keep = detectron_boxes.released_nms(boxes, scores, nms_threshold) if class_agnostic \
+                else detectron_boxes.released_class_nms(boxes, scores, labels, nms_threshold)  # fmt: skip
+        elif class_agnostic:
             keep = box_ops.nms(boxes, scores, nms_threshold)
         else:
             keep = box_ops.batched_nms(boxes, scores, labels, nms_threshold)

@@ -29,12 +29,19 @@ What does differ, and is built here:
   ``(x1, y1, x2 - 1, y2 - 1)`` of the continuous one.
 * :func:`keep_top_detections`: ``test.max_det`` as the released ``MaskROI`` applies it (every
   detection scoring at least the ``max_det``-th score stays, ties included).
+* the released order of equal scores: the released code sorts with numpy's default (unstable)
+  sort, ``scores.argsort()[::-1]`` (:func:`released_descending`, its NMS: :func:`released_nms`,
+  per class: :func:`released_class_nms`) and ``argpartition`` + ``argsort(-scores)`` (its per-level
+  top-n: :func:`released_top_n`). Exactly equal float32 scores (a saturated sigmoid or softmax,
+  1.0) then come in numpy's order, which decides which of two overlapping boxes NMS keeps; these
+  helpers make the same numpy calls on the same scores.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection.image_list import ImageList
@@ -144,16 +151,16 @@ def released_proposals(
     for boxes_image, scores_image, size in zip(proposals, scores_all, image_shapes):
         kept_boxes, kept_scores = [], []
         for boxes, scores in zip(boxes_image.split(num_anchors_per_level), scores_image.split(num_anchors_per_level)):
-            top = scores.topk(min(pre_nms_top_n, len(scores))).indices  # sorted by decreasing score
+            top = released_top_n(scores, pre_nms_top_n)
             boxes, scores = clip_boxes_legacy(boxes[top], size), scores[top]
             keep = box_ops.remove_small_boxes(boxes, min_size)
             boxes, scores = boxes[keep], scores[keep]
-            keep = box_ops.nms(boxes, scores, nms_threshold)[:post_nms_top_n]
+            keep = released_nms(boxes, scores, nms_threshold)[:post_nms_top_n]
             kept_boxes.append(boxes[keep])
             kept_scores.append(scores[keep])
         boxes, scores = torch.cat(kept_boxes), torch.cat(kept_scores)
-        # then the top post_nms_top_n of all levels (the released PyramidProposal module's sort)
-        top = torch.sort(scores, descending=True, stable=True).indices[:post_nms_top_n]
+        # then the top post_nms_top_n of all levels: the released PyramidProposal module's own call
+        top = torch.sort(-scores, 0).indices[:post_nms_top_n]
         final_boxes.append(boxes[top])
         final_scores.append(scores[top])
     return final_boxes, final_scores
@@ -202,6 +209,48 @@ class DetectronRoIAlign(nn.Module):
                     spatial_scale=1.0 / stride, sampling_ratio=self.sampling_ratio, aligned=False,
                 )  # fmt: skip
         return pooled
+
+
+def released_descending(scores: Tensor) -> Tensor:
+    """int64 [N]: the indices of float [N] scores by decreasing score as the released code orders
+    them, numpy's ``scores.argsort()[::-1]`` on float32 (equal scores in numpy's order)."""
+    order = np.argsort(scores.detach().float().cpu().numpy())[::-1].copy()
+    return torch.from_numpy(order).to(scores.device)
+
+
+def released_top_n(scores: Tensor, n: int) -> Tensor:
+    """int64 [min(n, N)]: the released per-level top ``n`` of float [N] scores, decreasing
+    (``np.argpartition(-scores, n)[:n]``, then those sorted by ``np.argsort(-scores)``)."""
+    negated = -scores.detach().float().cpu().numpy()
+    if n <= 0 or n >= len(negated):
+        order = np.argsort(negated)
+    else:
+        candidates = np.argpartition(negated, n)[:n]
+        order = candidates[np.argsort(negated[candidates])]
+    return torch.from_numpy(order).to(scores.device)
+
+
+def released_nms(boxes: Tensor, scores: Tensor, threshold: float) -> Tensor:
+    """The released ``py_nms`` / ``gpu_nms`` (both visit the boxes in :func:`released_descending`
+    order): torchvision's NMS (the same suppression rule on continuous boxes) run on that order.
+
+    Returns:
+        int64 [K]: the kept indices into ``boxes`` float [N, 4], in the order kept.
+    """
+    order = released_descending(scores)
+    # strictly decreasing stand-in scores: torchvision then visits the boxes in exactly this order
+    ranks = torch.arange(len(order), 0, -1, dtype=torch.float32, device=boxes.device)
+    return order[box_ops.nms(boxes[order].float(), ranks, threshold)]
+
+
+def released_class_nms(boxes: Tensor, scores: Tensor, labels: Tensor, threshold: float) -> Tensor:
+    """The released ``MaskROI``'s class-specific NMS: per class in increasing order, its boxes in
+    proposal order through :func:`released_nms`, the classes' kept indices concatenated."""
+    kept = []
+    for label in torch.unique(labels).tolist():  # sorted
+        members = torch.where(labels == label)[0]
+        kept.append(members[released_nms(boxes[members], scores[members], threshold)])
+    return torch.cat(kept) if kept else torch.zeros(0, dtype=torch.int64, device=boxes.device)
 
 
 def keep_top_detections(scores: Tensor, max_detections: int) -> Tensor:

@@ -52,6 +52,7 @@ from panopticlab.evaluation.protocol import Evaluator
 from panopticlab.masks import overlap_graph
 from panopticlab.models.base import PanopticModel, training_targets
 from panopticlab.models.common import IGNORE_LABEL, ImageInput, as_image_tensors, inference_mode
+from panopticlab.models.sognet.detectron_boxes import released_descending
 from panopticlab.models.sognet.detector import (
     FPN_LEVELS,
     Detector,
@@ -363,6 +364,8 @@ class SOGNet(PanopticModel):
             max_detections=s.max_instances,
             class_agnostic=s.class_agnostic,
         )[0]
+        if s.released_pipeline:  # MaskRemoval's own sort of the candidates (numpy's order of equal scores)
+            detections = {name: value[released_descending(detections["scores"])] for name, value in detections.items()}
         instances = self._instances(images, features, (height, width), detections["boxes"], detections["labels"] - 1, released=s.released_pipeline)
         instances.scores = detections["scores"]
         instance, category, kept = self._merge(
