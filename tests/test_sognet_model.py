@@ -131,6 +131,8 @@ def check_result(result: PanopticResult, height: int, width: int) -> None:
     [
         ({}, {"loss_panoptic", "loss_relation"}),
         ({"relation_appearance_channels": 8}, {"loss_panoptic", "loss_relation"}),
+        ({"relation_direction_loss_weight": 1.0}, {"loss_panoptic", "loss_relation", "loss_relation_direction"}),
+        ({"relation_mask_geometry_channels": 4}, {"loss_panoptic", "loss_relation"}),
         ({"panoptic": "upsnet"}, {"loss_panoptic"}),
         ({"panoptic": "heuristic"}, set()),
     ],
@@ -443,3 +445,24 @@ def test_backbone_weights_load_when_the_model_is_built(tmp_path):
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, tmp_path / "partial.pth")
     with pytest.raises(InputError, match="partial.pth"):
         tiny_model(backbone="resnet50", backbone_weights=str(tmp_path / "partial.pth"))
+
+
+def test_relation_lr_scale_puts_the_relation_module_in_its_own_group_at_that_scale():
+    from panopticlab.engine.schedule import set_learning_rate
+    from panopticlab.engine.trainer import build_optimizer
+
+    config = load_config(Config, CONFIGS / "shapes.yaml")
+    model = tiny_model(relation_lr_scale=10.0)
+    groups = model.parameter_groups()
+    relation = {id(p) for p in model.relation.parameters()}
+    assert [g["lr_scale"] for g in groups] == [1.0, 10.0]
+    assert {id(p) for p in groups[1]["params"]} == relation
+    assert not relation & {id(p) for p in groups[0]["params"]}
+    assert len(groups[0]["params"]) + len(groups[1]["params"]) == len([p for p in model.parameters() if p.requires_grad])
+    optimizer = build_optimizer(model, config)
+    set_learning_rate(optimizer, 1e-3)
+    assert [g["lr"] for g in optimizer.param_groups] == [1e-3, 1e-2]
+    # the released training: one group, in the parameters' order
+    plain_model = tiny_model()
+    plain = plain_model.parameter_groups()
+    assert len(plain) == 1 and [id(p) for p in plain[0]["params"]] == [id(p) for p in plain_model.parameters() if p.requires_grad]

@@ -124,6 +124,9 @@ class SOGNetConfig(Section):
     #: pair appearance embedding from the FPN features of the two boxes and of their
     #: intersection (relation.RelationModule); 0 = off (the released model)
     relation_pair_appearance_channels: int = 0
+    #: the mask geometry term (relation.RelationModule: the masks' area ratio and box fill); 0 = off
+    #: (the released model)
+    relation_mask_geometry_channels: int = 0
     #: two instances overlap when their intersection is >= this fraction of the smaller mask
     #: (the relation ground truth from amodal masks; at test, from the predicted masks)
     relation_overlap_threshold: float = 0.1
@@ -152,6 +155,12 @@ class SOGNetConfig(Section):
     semantic_roi_loss_weight: float = 0.04
     panoptic_loss_weight: float = 0.1
     relation_loss_weight: float = 1.0
+    #: panopticlab's direction target on the relation (relation.direction_loss): which instance of an
+    #: overlapping pair is in front, from the visible GT segments; 0 = off (the released training)
+    relation_direction_loss_weight: float = 0.0
+    #: the relation module trained at this times the schedule's learning rate (panopticlab's option;
+    #: 1 = the released training, one rate for the whole network)
+    relation_lr_scale: float = 1.0
 
     # -- inference (inference.py) --------------------------------------------------------------
     #: panopticlab: the merge at the image's own resolution, masks pasted and semantic logits cropped
@@ -218,7 +227,8 @@ class SOGNetConfig(Section):
             "relation_category_channels", "relation_geometry_channels", "max_instances",
         ]  # fmt: skip
         found += [(key, "must be at least 1") for key in positive if getattr(self, key) < 1]
-        for key in ("box_head_conv_layers", "relation_appearance_channels", "relation_pair_appearance_channels"):
+        for key in ("box_head_conv_layers", "relation_appearance_channels", "relation_pair_appearance_channels",
+                    "relation_mask_geometry_channels"):
             if getattr(self, key) < 0:
                 found.append((key, "must be >= 0 (0 = off)"))
         fractions = [
@@ -229,13 +239,15 @@ class SOGNetConfig(Section):
         found += [(key, "must lie in [0, 1]") for key in fractions if not 0 <= getattr(self, key) <= 1]
         if self.crowd_ignore_iof is not None and not 0 < self.crowd_ignore_iof <= 1:
             found.append(("crowd_ignore_iof", "must lie in (0, 1], or be null"))
+        if self.relation_lr_scale <= 0:
+            found.append(("relation_lr_scale", "must be > 0"))
         if self.relation_overlap_threshold == 0:
             found.append(("relation_overlap_threshold", "must be > 0 (0 would relate instances that do not touch)"))
         if self.rpn_min_size < 0:
             found.append(("rpn_min_size", "must be >= 0"))
         if self.stuff_area < 0:
             found.append(("stuff_area", "must be >= 0"))
-        weights = ("detector", "semantic", "semantic_roi", "panoptic", "relation")
+        weights = ("detector", "semantic", "semantic_roi", "panoptic", "relation", "relation_direction")
         found += [(f"{w}_loss_weight", "must be >= 0") for w in weights if getattr(self, f"{w}_loss_weight") < 0]
         return found
 

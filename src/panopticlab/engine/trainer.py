@@ -351,9 +351,11 @@ class _Window:
 
 def build_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
     """Adam (torch's betas and eps, detectron2's Panoptic-DeepLab choice) or SGD with momentum;
-    one weight decay for every parameter (the recipe's is 0)."""
+    one weight decay for every parameter (the recipe's is 0); the model's parameter groups
+    (``PanopticModel.parameter_groups``: each with its ``lr_scale``)."""
     s = config.solver
-    params = [p for p in model.parameters() if p.requires_grad]
+    groups = model.parameter_groups() if hasattr(model, "parameter_groups") else [{"params": list(model.parameters())}]
+    params = [group for group in groups if group["params"]]
     if s.optimizer == "adam":
         return torch.optim.Adam(params, lr=s.base_lr, weight_decay=s.weight_decay)
     return torch.optim.SGD(params, lr=s.base_lr, momentum=s.momentum, weight_decay=s.weight_decay)

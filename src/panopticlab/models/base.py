@@ -174,6 +174,12 @@ class PanopticModel(nn.Module, metaclass=abc.ABCMeta):
         """The family's own evaluators, added to the standard ones when the model is tested."""
         return []
 
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups: ``{"params": [...], "lr_scale": s}``, each trained at
+        ``s`` times the schedule's learning rate. One group of every trainable parameter unless a
+        family scales a part of itself (SOGNet's ``relation_lr_scale``)."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr_scale": 1.0}]
+
 
 def training_targets(batch: Sequence[Item]) -> list[Any]:
     """Each item's ``targets``; a clear error for an item that ``data_transform()`` did not see."""

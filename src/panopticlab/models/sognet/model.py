@@ -93,7 +93,13 @@ from panopticlab.models.sognet.released_test import (
     released_overlapping_order,
     semantic_crop_support,
 )
-from panopticlab.models.sognet.relation import RelationModule, intersection_boxes, overlapping_order, relation_loss
+from panopticlab.models.sognet.relation import (
+    RelationModule,
+    direction_loss,
+    intersection_boxes,
+    overlapping_order,
+    relation_loss,
+)
 from panopticlab.models.sognet.semantic_head import SemanticHead, semantic_loss, semantic_roi_loss
 from panopticlab.models.sognet.settings import InferenceSettings, InputSizing, TrainingSettings, resolve_settings
 from panopticlab.models.sognet.targets import (
@@ -151,14 +157,17 @@ class SOGNet(PanopticModel):
     def targets_transform(self) -> PrepareTrainingItem:
         """The trainer runs this on every training item in its data-loader workers (``data_transform()``)."""
         category_ids = {i: self.categories.to_contiguous(i) for i in self.categories.ids}
-        return PrepareTrainingItem(self.labels, category_ids, self.sizing, self.training_settings.overlap_threshold)
+        settings = self.training_settings
+        return PrepareTrainingItem(
+            self.labels, category_ids, self.sizing, settings.overlap_threshold, direction=settings.relation_direction_loss_weight > 0
+        )
 
     def forward(self, batch: Sequence[dict[str, Any]]) -> dict[str, Tensor]:
         """Dataset items (``image`` uint8 [3, H, W] at input size and ``targets``, both from
         :meth:`data_transform`) -> the weighted losses: Mask R-CNN's five (``loss_objectness``,
         ``loss_rpn_box_reg``, ``loss_classifier``, ``loss_box_reg``, ``loss_mask``), ``loss_sem_seg``,
         ``loss_sem_roi``, and unless ``panoptic: heuristic`` ``loss_panoptic`` (+ ``loss_relation``
-        for SOGNet), then the add-ons' losses."""
+        for SOGNet, and ``loss_relation_direction`` with a direction weight), then the add-ons' losses."""
         settings = self.training_settings
         targets = [_to_device(t, self.device) for t in training_targets(batch)]
         images = self._preprocess([item["image"].to(self.device).float() for item in batch])
@@ -190,10 +199,12 @@ class SOGNet(PanopticModel):
         if settings.panoptic_loss:
             if mask_outputs is None:
                 mask_outputs = mask_head_outputs(self.detector, features, boxes, detector_labels, images.image_sizes)
-            panoptic, relation = self._panoptic_losses(features, semantic, targets, images, mask_outputs)
+            panoptic, relation, direction = self._panoptic_losses(features, semantic, targets, images, mask_outputs)
             losses["loss_panoptic"] = settings.panoptic_loss_weight * panoptic
             if self.relation is not None:
                 losses["loss_relation"] = settings.relation_loss_weight * relation
+                if settings.relation_direction_loss_weight > 0:
+                    losses["loss_relation_direction"] = settings.relation_direction_loss_weight * direction
         return {**losses, **self.addon_losses(batch, {"sem_seg": semantic})}
 
     def _panoptic_losses(
@@ -203,11 +214,12 @@ class SOGNet(PanopticModel):
         targets: list[dict[str, Any]],
         images: ImageList,
         mask_outputs: tuple[list[Tensor], list[Tensor]],
-    ) -> tuple[Tensor, Tensor]:
-        """The panoptic and relation losses, each averaged over the images of the batch;
-        ``mask_outputs``: :func:`mask_head_outputs` on every image's GT boxes."""
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The panoptic, relation and direction losses, each averaged over the images of the batch
+        (the direction's 0 unless targets carry ``direction``); ``mask_outputs``:
+        :func:`mask_head_outputs` on every image's GT boxes."""
         height, width = images.tensors.shape[-2:]
-        panoptic_losses, relation_losses = [], []
+        panoptic_losses, relation_losses, direction_losses = [], [], []
         for b, t in enumerate(targets):
             k = self._panoptic_instances(len(t["labels"]))
             labels, boxes = t["labels"][k], t["boxes"][k]
@@ -218,8 +230,12 @@ class SOGNet(PanopticModel):
             if self.relation is not None:
                 within = support if self.training_settings.removal_within_box else None
                 regions = _one_image(features, b), images.image_sizes[b]
-                masks, relation = self._resolve(masks, labels, boxes, appearance, t["relation"][k][:, k], regions, support=within)
-                relation_losses.append(relation)
+                overlap = t["relation"][k][:, k]
+                fill = mask_fill(mask_logits)
+                masks, relation, subset = self._resolve(masks, labels, boxes, appearance, overlap, regions, fill=fill, support=within)
+                relation_losses.append(relation_loss(relation, overlap[subset][:, subset]))
+                if "direction" in t:
+                    direction_losses.append(direction_loss(relation, t["direction"][k][:, k][subset][:, subset]))
             logits = self._panoptic_logits(
                 semantic[b], masks, labels, support, x2mask=self.training_settings.x2mask, unknown=self.training_settings.unknown_class
             )
@@ -231,8 +247,10 @@ class SOGNet(PanopticModel):
                 unknown_segment_ids=self._unknown_segments(t, k) if self.training_settings.unknown_class else (),
             )
             panoptic_losses.append(panoptic_loss(logits, target))
-        relation = torch.stack(relation_losses).mean() if relation_losses else semantic.sum() * 0.0
-        return torch.stack(panoptic_losses).mean(), relation
+        nothing = semantic.sum() * 0.0
+        relation = torch.stack(relation_losses).mean() if relation_losses else nothing
+        direction = torch.stack(direction_losses).mean() if direction_losses else nothing
+        return torch.stack(panoptic_losses).mean(), relation, direction
 
     def _panoptic_instances(self, n: int) -> Tensor:
         """The GT instances that get a panoptic channel: all, or with UPSNet's unknown class a
@@ -250,11 +268,12 @@ class SOGNet(PanopticModel):
         return [s for s, c in targets["segment_labels"].items() if c in things and s not in owned]
 
     def _relation(
-        self, labels: Tensor, boxes: Tensor, appearance: Tensor, regions: tuple[dict[str, Tensor], tuple[int, int]]
+        self, labels: Tensor, boxes: Tensor, appearance: Tensor, regions: tuple[dict[str, Tensor], tuple[int, int]], fill: Tensor
     ) -> Tensor:
         """The relation module's O [N, N] on N instances of one image (``boxes`` in input pixels;
         ``regions``: the image's FPN features, batch of 1, and its input size, read by the pair
-        appearance term only)."""
+        appearance term only; ``fill``: float [N], :func:`mask_fill`, read by the mask geometry
+        term only)."""
         pooled = None
         if self.relation.pair_appearance_channels:
             features, image_size = regions
@@ -262,7 +281,7 @@ class SOGNet(PanopticModel):
             region = pooled_region_features(self.detector, features, [torch.cat([boxes, shared_boxes])], [image_size])[0]
             n = len(boxes)
             pooled = region[:n], region[n:].view(n, n, region.shape[-1]) * meets[..., None].to(region.dtype)
-        return self.relation(labels, boxes, appearance if self.relation.appearance_channels else None, pooled)
+        return self.relation(labels, boxes, appearance if self.relation.appearance_channels else None, pooled, fill)
 
     def _resolve(
         self,
@@ -273,11 +292,12 @@ class SOGNet(PanopticModel):
         overlap: Tensor,
         regions: tuple[dict[str, Tensor], tuple[int, int]],
         *,
+        fill: Tensor,
         pairwise: bool = False,
         support: Tensor | None = None,
         relation: Tensor | None = None,
         order: Callable[[Tensor], Tensor] = overlapping_order,
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Overlap removal among the instances that overlap another one.
 
         Args:
@@ -286,6 +306,7 @@ class SOGNet(PanopticModel):
             appearance: float [N, F] pooled mask-head features.
             overlap: float [N, N], which instances overlap (G in training; predicted masks at test).
             regions: the image's features and input size (:meth:`_relation`).
+            fill: float [N], each mask's fill of its box (:func:`mask_fill`).
             pairwise: the released code's sequential loop instead of the joint formula.
             support: optional bool [N, H, W], each box on the canvas: the removal's sigmoid is 0
                 outside it (``removal_within_box``).
@@ -295,24 +316,22 @@ class SOGNet(PanopticModel):
                 :func:`.released_test.released_overlapping_order`).
 
         Returns:
-            the resolved logits [N, H, W] (the others unchanged) and the relation loss
-            against ``overlap`` on the subset (0, still connected, with fewer than 2 or a given O).
+            the resolved logits [N, H, W] (the others unchanged), O on the subset [M, M] (the
+            module's, or the given one's rows and columns) and the subset, int64 [M].
         """
         subset = order(overlap)
         if relation is None:
-            relation = self._relation(labels[subset], boxes[subset], appearance[subset], regions)
-            loss = relation_loss(relation, overlap[subset][:, subset])
+            relation = self._relation(labels[subset], boxes[subset], appearance[subset], regions, fill[subset])
         else:
             relation = relation[subset][:, subset].to(masks.dtype)
-            loss = masks.sum() * 0.0
         if len(subset) < 2:
-            return masks, loss
+            return masks, relation, subset
         subset_support = None if support is None else support[subset]
         if pairwise:
             resolved = remove_overlaps_pairwise(masks[subset], lambda i, j: relation[[i, j]][:, [i, j]], subset_support)
         else:
             resolved = remove_overlaps(masks[subset], relation, subset_support)
-        return masks.index_copy(0, subset, resolved), loss
+        return masks.index_copy(0, subset, resolved), relation, subset
 
     def _panoptic_logits(
         self,
@@ -421,7 +440,9 @@ class SOGNet(PanopticModel):
             module_relation = None
             if self.relation is not None:
                 # on all the instances once: the merge uses its rows and columns of the overlapping ones
-                module_relation = self._relation(things, instances.input_boxes, instances.appearance, (features, images.image_sizes[0]))
+                module_relation = self._relation(
+                    things, instances.input_boxes, instances.appearance, (features, images.image_sizes[0]), instances.fill
+                )
             instance, category, kept = self._merge(
                 instances, semantic, features, images.image_sizes[0], image, settings, drop_duplicates=False,
                 relation=module_relation if relation is None else relation,
@@ -464,6 +485,7 @@ class SOGNet(PanopticModel):
             contiguous=self.labels.thing_contiguous(labels),
             masks=masks,
             appearance=appearance[0],
+            fill=mask_fill(mask_logits[0]),
             scores=torch.ones(len(labels), device=self.device),
         )
 
@@ -514,9 +536,9 @@ class SOGNet(PanopticModel):
                 overlap, order = released_overlap_graph(masks > 0, s.overlap_threshold), released_overlapping_order
             else:
                 overlap, order = overlap_graph(masks > 0, s.overlap_threshold), overlapping_order
-            masks, _ = self._resolve(
+            masks, _, _ = self._resolve(
                 masks, labels, instances.input_boxes[kept], instances.appearance[kept], overlap, (features, input_size),
-                pairwise=s.pairwise_relation, support=support if s.removal_within_box else None,
+                fill=instances.fill[kept], pairwise=s.pairwise_relation, support=support if s.removal_within_box else None,
                 relation=None if relation is None else relation.to(self.device)[kept][:, kept], order=order,
             )  # fmt: skip
         crop = semantic_crop_support(boxes, height, width) if s.released_pipeline else box_support(boxes.float(), height, width)
@@ -557,12 +579,26 @@ class SOGNet(PanopticModel):
             input_h, input_w = self.sizing.input_size(height, width)
             input_boxes = boxes.to(self.device, torch.float32) * _box_scale((input_h, input_w), (height, width), self.device)
             things = self.labels.thing_index(labels.to(self.device))
-            if not (self.relation.appearance_channels or self.relation.pair_appearance_channels):
-                return self.relation(things, input_boxes).cpu()
+            relation = self.relation
+            if not (relation.appearance_channels or relation.pair_appearance_channels or relation.mask_geometry_channels):
+                return relation(things, input_boxes).cpu()
             images = self._network_input(image)
             features = self.detector.backbone(images.tensors)
-            _, pooled = mask_head_outputs(self.detector, features, [input_boxes], [things + 1], images.image_sizes)
-            return self._relation(things, input_boxes, pooled[0], (features, images.image_sizes[0])).cpu()
+            logits, pooled = mask_head_outputs(self.detector, features, [input_boxes], [things + 1], images.image_sizes)
+            return self._relation(things, input_boxes, pooled[0], (features, images.image_sizes[0]), mask_fill(logits[0])).cpu()
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """One group, or with ``relation_lr_scale != 1`` the relation module's parameters in a second
+        group at that scale (the first keeps the rest, in their order)."""
+        scale = self.training_settings.relation_lr_scale
+        if self.relation is None or scale == 1.0:
+            return super().parameter_groups()
+        relation = {id(p) for p in self.relation.parameters()}
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        return [
+            {"params": [p for p in trainable if id(p) not in relation], "lr_scale": 1.0},
+            {"params": [p for p in trainable if id(p) in relation], "lr_scale": scale},
+        ]
 
     def evaluators(self) -> list[Evaluator]:
         """With a relation module: the overlap-relation metric on the items' GT instances."""
@@ -622,6 +658,7 @@ def build_sognet_model(config: SOGNetConfig, categories: Categories) -> SOGNet:
             appearance_in_channels=config.mask_head_channels,
             pair_appearance_channels=config.relation_pair_appearance_channels,
             region_in_channels=config.fpn_channels,
+            mask_geometry_channels=config.relation_mask_geometry_channels,
         )
     sizing, training, inference = resolve_settings(config)
     return SOGNet(detector, semantic_head, relation, categories, sizing, training, inference)
@@ -636,6 +673,7 @@ class Instances:
         labels: int64 [N] thing indices; contiguous: int64 [N] their contiguous category ids.
         masks: float [N, H, W] mask logits pasted at the image's resolution (0 outside each box).
         appearance: float [N, mask_head_channels] pooled mask-head features.
+        fill: float [N], each mask's fill of its box (:func:`mask_fill`).
         scores: float [N], the detection scores (or the mask confidences of given instances).
     """
 
@@ -645,6 +683,7 @@ class Instances:
     contiguous: Tensor
     masks: Tensor
     appearance: Tensor
+    fill: Tensor
     scores: Tensor
 
 
@@ -679,6 +718,12 @@ def _visible_masks(targets: dict[str, Any]) -> Tensor:
 def _one_image(features: dict[str, Tensor], b: int) -> dict[str, Tensor]:
     """The FPN features of image ``b`` of the batch, as a batch of one."""
     return {name: value[b : b + 1] for name, value in features.items()}
+
+
+def mask_fill(mask_logits: Tensor) -> Tensor:
+    """float [N, 28, 28] mask logits -> float [N]: each mask's mean probability (the share of its box
+    it covers), without gradient: the relation reads the mask, it does not train it."""
+    return torch.sigmoid(mask_logits.detach().float()).mean(dim=(1, 2))
 
 
 def _to_device(targets: dict[str, Any], device: torch.device) -> dict[str, Any]:

@@ -13,8 +13,13 @@ there is no message passing, so a sub-matrix of O equals O computed for that sub
 Supervision: ``G_ij = 1`` where the amodal (full, overlapping) masks of i and j overlap by at
 least 10 % of the smaller one (:func:`panopticlab.masks.overlap_graph`), and the loss is
 ``MSE(O + O^T, G)``. G says *that* two
-instances overlap, not which one is in front; the direction is learned through the
-panoptic loss only.
+instances overlap, not which one is in front; in the released training the direction is learned
+through the panoptic loss only, and a seed can settle on either sign.
+
+panopticlab's option (``relation_direction_loss_weight > 0``, off in the released configs) also
+supervises the direction: :func:`direction_target` reads which instance of an overlapping pair is
+in front from the visible ground-truth segments (the one whose segment covers the pair's
+overlap), and :func:`direction_loss` is a cross-entropy on the antisymmetric part of O.
 """
 
 from __future__ import annotations
@@ -40,6 +45,12 @@ class RelationModule(nn.Module):
       of each box. The shared region shows the front instance, so comparing it with each
       instance's own look says which one that is; the ordered concatenation (then the ReLU) lets
       ``R_ij`` differ from ``R_ji``. Not in the paper (an option of panopticlab, off by default).
+    * mask geometry, when ``mask_geometry_channels > 0``: ``ReLU(M [log(a_j / a_i) ; f_i ; f_j])``,
+      with ``f`` each instance's mask fill (the mean probability of its 28 x 28 mask, the share of
+      its box the mask covers) and ``a = f * box area`` the mask's area. A box's size says little
+      of which object is smaller when the classes' shapes differ (a triangle fills half its box, a
+      square all of it); the mask's area says it. Not in the paper (panopticlab's option, off by
+      default).
 
     Box convention: ``(x0, y0, x1, y1)`` with the end exclusive, so ``w = x1 - x0`` and the
     centre is ``(x0 + x1) / 2`` (the released code uses ``w = x1 - x0 + 1`` for inclusive ends:
@@ -57,6 +68,7 @@ class RelationModule(nn.Module):
         appearance_in_channels: length of each instance's appearance vector.
         pair_appearance_channels: width of the pair appearance embedding; 0 switches it off.
         region_in_channels: length of the pooled region features (box and intersection).
+        mask_geometry_channels: width of the mask geometry embedding; 0 switches it off.
     """
 
     def __init__(
@@ -68,6 +80,7 @@ class RelationModule(nn.Module):
         appearance_in_channels: int = 256,
         pair_appearance_channels: int = 0,
         region_in_channels: int = 256,
+        mask_geometry_channels: int = 0,
     ) -> None:
         super().__init__()
         if num_thing_classes < 1:
@@ -83,7 +96,10 @@ class RelationModule(nn.Module):
         self.pair_appearance_channels = pair_appearance_channels
         if pair_appearance_channels > 0:
             self.pair_appearance = nn.Linear(3 * region_in_channels, pair_appearance_channels, bias=False)  # Q
-        embedding = category_channels + geometry_channels + appearance_channels + pair_appearance_channels
+        self.mask_geometry_channels = mask_geometry_channels
+        if mask_geometry_channels > 0:
+            self.mask_geometry = nn.Linear(3, mask_geometry_channels, bias=False)  # M
+        embedding = category_channels + geometry_channels + appearance_channels + pair_appearance_channels + mask_geometry_channels
         self.score = nn.Linear(embedding, 1, bias=False)  # P
         nn.init.kaiming_normal_(self.score.weight)
 
@@ -93,6 +109,7 @@ class RelationModule(nn.Module):
         boxes: Tensor,
         appearance: Tensor | None = None,
         regions: tuple[Tensor, Tensor] | None = None,
+        mask_fill: Tensor | None = None,
     ) -> Tensor:
         """The overlap relation of N instances.
 
@@ -104,6 +121,8 @@ class RelationModule(nn.Module):
             regions: ``(box_features [N, F], intersection_features [N, N, F])`` with
                 F = ``region_in_channels`` (symmetric in i, j; 0 where the boxes do not meet), from
                 :func:`intersection_boxes`; required when the pair appearance term is on.
+            mask_fill: float [N] in [0, 1], each instance's mean mask probability; required when
+                the mask geometry term is on.
 
         Returns:
             float [N, N], ``O_ij > 0`` where j is in front of i. Connected to the parameters
@@ -132,6 +151,10 @@ class RelationModule(nn.Module):
             own, shared = regions
             ordered = torch.cat([shared, own[:, None, :].expand_as(shared), own[None, :, :].expand_as(shared)], dim=-1)
             parts.append(F.relu(self.pair_appearance(ordered.to(onehot.dtype))))  # [N, N, Q]
+        if self.mask_geometry_channels > 0:
+            if mask_fill is None or mask_fill.shape != (n,):
+                raise ValueError("the mask geometry term is on: pass mask_fill [N]")
+            parts.append(F.relu(self.mask_geometry(mask_geometry_encoding(boxes.to(onehot.dtype), mask_fill.to(onehot.dtype)))))
         scores = torch.sigmoid(self.score(torch.cat(parts, dim=-1)).squeeze(-1))  # R, [N, N]
         return F.relu(scores - scores.T)
 
@@ -159,6 +182,24 @@ def relative_box_encoding(boxes: Tensor) -> Tensor:
         ],
         dim=-1,
     )
+
+
+def mask_geometry_encoding(boxes: Tensor, fill: Tensor) -> Tensor:
+    """Every ordered pair's mask sizes: ``[i, j] = (log(a_j / a_i), f_i, f_j)``, ``a = f * w * h``.
+
+    Args:
+        boxes: float [N, 4], ``(x0, y0, x1, y1)``, end exclusive (widths, heights clamped to 1).
+        fill: float [N], each mask's share of its box, clamped to at least 1e-3.
+
+    Returns:
+        float [N, N, 3].
+    """
+    fill = fill.clamp(min=1e-3)
+    w = (boxes[:, 2] - boxes[:, 0]).clamp(min=1.0)
+    h = (boxes[:, 3] - boxes[:, 1]).clamp(min=1.0)
+    log_area = torch.log(fill * w * h)
+    n = len(fill)
+    return torch.stack([log_area[None, :] - log_area[:, None], fill[:, None].expand(n, n), fill[None, :].expand(n, n)], dim=-1)
 
 
 def intersection_boxes(boxes: Tensor) -> tuple[Tensor, Tensor]:
@@ -209,3 +250,67 @@ def overlapping_order(ground_truth: Tensor) -> Tensor:
     partners = (ground_truth > 0).sum(dim=1)
     counts, order = torch.sort(partners, descending=True, stable=True)
     return order[counts > 0]
+
+
+def direction_target(masks: Tensor, visible: Tensor, overlap: Tensor, shown: float = 0.1, split: float = 0.1) -> Tensor:
+    """Which instance of each overlapping pair is in front, read from the visible segments.
+
+    The front instance of a pair is the one whose visible segment covers the pair's overlap
+    ``masks_i & masks_j``, where either of the two shows it: of the overlap's pixels that the two
+    segments show (at least ``shown`` of the overlap; a third instance in front of both may hide
+    the rest), the front one shows all but less than ``split``. A pair whose overlap neither shows
+    (hidden by a third instance, VOID) or that is split between the two gets no target. On the
+    shapes data, where the depth order is exact, this is the depth order on every pair it gives
+    (``tests/test_sognet_direction.py``); on COCO and Cityscapes the masks are the instances'
+    (amodal where the dataset has them) and the visible segments the panoptic ones.
+
+    Args:
+        masks: bool [N, H, W], the instances' masks (amodal where known).
+        visible: bool [N, H, W], each instance's visible panoptic segment (empty when it has none).
+        overlap: [N, N], which pairs overlap (G, :func:`~panopticlab.masks.overlap_graph`).
+        shown: the share of the overlap the two segments must show together.
+        split: the back instance's largest share of what they show.
+
+    Returns:
+        int8 [N, N], antisymmetric: 1 where j is in front of i, -1 where i is in front of j, 0 where
+        the pair does not overlap or has no target.
+    """
+    if masks.shape != visible.shape or masks.dim() != 3:
+        raise ValueError(f"masks and visible must both be [N, H, W], got {tuple(masks.shape)}, {tuple(visible.shape)}")
+    # Pixel counts are exact in float32 up to 2**24 pixels; beyond that count in float64.
+    dtype = torch.float32 if masks.shape[1] * masks.shape[2] <= 2**24 else torch.float64
+    flat = masks.flatten(1).to(dtype)
+    shared = flat @ flat.T  # [i, j] = |m_i & m_j|
+    by_i = (masks & visible).flatten(1).to(dtype) @ flat.T  # [i, j] = |m_i & m_j & visible_i|
+    either = by_i + by_i.T  # the segments are disjoint
+    decided = (overlap > 0) & (shared > 0) & (either >= shown * shared)
+    j_front = decided & (by_i < split * either)  # j shows (almost) all of what is shown
+    target = torch.zeros(masks.shape[0], masks.shape[0], dtype=torch.int8, device=masks.device)
+    target[j_front] = 1
+    target[j_front.T] = -1
+    return target
+
+
+def direction_loss(relation: Tensor, target: Tensor) -> Tensor:
+    """Cross-entropy of the pairs' front instance, read from O's antisymmetric part.
+
+    ``O_ij - O_ji = R_ij - R_ji`` lies in (-1, 1), so ``P(j in front of i) = (1 + O_ij - O_ji) / 2``
+    is a probability, and the loss is its binary cross-entropy against the target, averaged over
+    the pairs that have one (each unordered pair once). A logistic ``sigmoid(O_ij - O_ji)`` would
+    read the same difference as at most 0.73 confident, and keep pushing every learned pair towards
+    the ends of the range; this one is 0 for a pair that is fully and rightly ordered.
+
+    Args:
+        relation: float [N, N], the module's O.
+        target: int8 [N, N], :func:`direction_target` (1: j in front of i).
+
+    Returns:
+        float scalar; a zero still connected to ``relation`` when no pair has a target.
+    """
+    upper = torch.triu(target != 0, diagonal=1)
+    if not bool(upper.any()):
+        return relation.sum() * 0.0
+    difference = (relation - relation.T)[upper]
+    front = (target[upper] > 0).to(relation.dtype)
+    probability = ((1 + difference) / 2).clamp(1e-6, 1 - 1e-6)
+    return F.binary_cross_entropy(probability, front)

@@ -62,6 +62,10 @@ class TrainingSettings:
     semantic_roi_loss_weight: float = 0.04
     panoptic_loss_weight: float = 0.1
     relation_loss_weight: float = 1.0
+    #: the direction target's weight (``relation.direction_loss``); 0: not computed
+    relation_direction_loss_weight: float = 0.0
+    #: the relation module's learning rate, in times the schedule's
+    relation_lr_scale: float = 1.0
     panoptic_loss: bool = True
     x2mask: bool = False
     unknown_class: bool = False
@@ -128,6 +132,8 @@ def resolve_settings(config: SOGNetConfig) -> tuple[InputSizing, TrainingSetting
         semantic_roi_loss_weight=config.semantic_roi_loss_weight,
         panoptic_loss_weight=config.panoptic_loss_weight,
         relation_loss_weight=config.relation_loss_weight,
+        relation_direction_loss_weight=config.relation_direction_loss_weight,
+        relation_lr_scale=config.relation_lr_scale,
         panoptic_loss=config.panoptic != "heuristic",
         x2mask=config.train_x2mask,
         unknown_class=config.use_unknown_class,

@@ -10,8 +10,10 @@ processes after the augmentation, resizes the item to the network's input size (
 * the training instances (non-crowd things whose visible segment is in the image), with
   ``boxes`` float [N, 4] (x0, y0, x1, y1), ``labels`` int64 [N] thing indices 0..K-1, ``masks``
   bool [N, H, W] (amodal where the dataset has amodal masks: the detector learns whole
-  objects), ``segment_ids`` int64 [N] (each one's visible segment) and ``relation`` float [N, N]
-  (the relation ground truth from the masks, reference §5.1);
+  objects), ``segment_ids`` int64 [N] (each one's visible segment), ``relation`` float [N, N]
+  (the relation ground truth from the masks, reference §5.1) and, when asked for
+  (``relation_direction_loss_weight > 0``), ``direction`` int8 [N, N]
+  (:func:`~panopticlab.models.sognet.relation.direction_target`: 1 where j is in front of i);
 * ``crowd_boxes``: float [M, 4], the boxes of the visible crowd segments of thing classes
   (which the detector's samplers may ignore, ``crowd_ignore_iof``).
 
@@ -38,6 +40,7 @@ from panopticlab.masks import masks_to_boxes, overlap_graph
 from panopticlab.models.base import TARGETS
 from panopticlab.models.common import IGNORE_LABEL
 from panopticlab.models.sognet.labels import LabelSpace
+from panopticlab.models.sognet.relation import direction_target
 from panopticlab.models.sognet.settings import InputSizing
 
 Item = dict[str, Any]
@@ -73,13 +76,17 @@ class PrepareTrainingItem:
         category_ids: dataset category id -> contiguous id.
         sizing: the input sizing rule.
         overlap_threshold: the relation ground truth's overlap fraction.
+        direction: also the direction target (``targets["direction"]``).
     """
 
-    def __init__(self, labels: LabelSpace, category_ids: dict[int, int], sizing: InputSizing, overlap_threshold: float):
+    def __init__(
+        self, labels: LabelSpace, category_ids: dict[int, int], sizing: InputSizing, overlap_threshold: float, direction: bool = False
+    ):
         self.labels = labels
         self.category_ids = category_ids
         self.sizing = sizing
         self.overlap_threshold = overlap_threshold
+        self.direction = direction
 
     def __call__(self, item: Item) -> Item:
         height, width = item["image"].shape[-2:]
@@ -87,11 +94,13 @@ class PrepareTrainingItem:
         if size != (height, width):
             item = resize(item, size)
         item = dict(item)
-        item[TARGETS] = training_targets(item, self.labels, self.category_ids, self.overlap_threshold)
+        item[TARGETS] = training_targets(item, self.labels, self.category_ids, self.overlap_threshold, self.direction)
         return item
 
 
-def training_targets(item: Item, labels: LabelSpace, category_ids: dict[int, int], overlap_threshold: float) -> dict[str, Any]:
+def training_targets(
+    item: Item, labels: LabelSpace, category_ids: dict[int, int], overlap_threshold: float, direction: bool = False
+) -> dict[str, Any]:
     """The targets of one item at its own resolution (see the module docstring)."""
     panoptic = item["panoptic"]
     id_map = torch.from_numpy(np.ascontiguousarray(panoptic.id_map))
@@ -128,7 +137,7 @@ def training_targets(item: Item, labels: LabelSpace, category_ids: dict[int, int
     masks = masks.bool()
     crowd = [s.id for s in panoptic.segments if s.iscrowd and segment_labels[s.id] in thing_set]
     crowd_masks = id_map[None] == torch.tensor(crowd, dtype=id_map.dtype)[:, None, None]
-    return {
+    targets = {
         "semantic": semantic,
         "id_map": id_map,
         "segment_labels": segment_labels,
@@ -139,6 +148,10 @@ def training_targets(item: Item, labels: LabelSpace, category_ids: dict[int, int
         "relation": overlap_graph(masks, overlap_threshold),
         "crowd_boxes": masks_to_boxes(crowd_masks),
     }
+    if direction:
+        visible_masks = id_map[None] == segment_ids[:, None, None].to(id_map.dtype)
+        targets["direction"] = direction_target(masks, visible_masks, targets["relation"])
+    return targets
 
 
 def _semantic_target(id_map: Tensor, segment_labels: dict[int, int]) -> Tensor:
