@@ -1,10 +1,11 @@
-"""What SOGNet's direction target costs per training step (issue 30's goal: at most 5 % more).
+"""What SOGNet's direction options cost per training step (issue 30's goal: at most 5 % more).
 
 Two models from ``configs/sognet/shapes.yaml`` with the relation experiment's merge-only training
-(``detector_training: mask_head_only``), the same weights (built from one seed), one with
-``relation_direction_loss_weight=1``. A step is what the trainer does per batch: the model's data
+(``detector_training: mask_head_only``), built from one seed, one with the experiment's
+``sognet_direction`` options (``DIRECTION``: the direction target, the mask geometry term, the
+relation's learning-rate scale). A step is what the trainer does per batch: the model's data
 transform on each item (resize and targets, the direction target included when it is on), the
-forward, the backward and an SGD step. The two run alternately on the same batch of shapes images
+forward, the backward and the recipe's optimizer step (Adam). The two run alternately on the same batch of shapes images
 (128 x 128, overlap 0.8), after warm-up steps; reported: the median seconds per step of each and
 their ratio.
 
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 from panopticlab.config import Config, load_config
+from panopticlab.engine.trainer import build_optimizer
 from panopticlab.data.coco_panoptic import Categories
 from panopticlab.data.synthetic import SHAPES_CATEGORIES, ShapesConfig, generate_sample
 from panopticlab.fileio import write_json
@@ -32,7 +34,13 @@ from panopticlab.masks import masks_to_boxes
 from panopticlab.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
-MERGE_ONLY = ["model.sognet.detector_training=mask_head_only", "model.addons={}"]
+MERGE_ONLY = ["model.sognet.detector_training=mask_head_only"]
+#: benchmarks/sognet_relation_experiment.py's DIRECTION_OPTIONS
+DIRECTION = [
+    "model.sognet.relation_direction_loss_weight=1.0",
+    "model.sognet.relation_mask_geometry_channels=16",
+    "model.sognet.relation_lr_scale=10",
+]
 
 
 def shapes_items(n: int, seed: int = 0) -> list[dict]:
@@ -58,11 +66,13 @@ def shapes_items(n: int, seed: int = 0) -> list[dict]:
     return items
 
 
+def model_config(direction: bool) -> Config:
+    return load_config(Config, REPO / "configs/sognet/shapes.yaml", MERGE_ONLY + (DIRECTION if direction else []))
+
+
 def make_model(direction: bool, seed: int) -> torch.nn.Module:
-    overrides = MERGE_ONLY + (["model.sognet.relation_direction_loss_weight=1.0"] if direction else [])
-    config = load_config(Config, REPO / "configs/sognet/shapes.yaml", overrides)
     torch.manual_seed(seed)
-    return build_model(config).train()
+    return build_model(model_config(direction)).train()
 
 
 def step(model, optimizer, transform, items: list[dict]) -> float:
@@ -88,7 +98,7 @@ def main() -> None:
     models = {"released": make_model(False, 0), "direction": make_model(True, 0)}
     state = {"optimizers": {}, "transforms": {}}
     for name, model in models.items():
-        state["optimizers"][name] = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+        state["optimizers"][name] = build_optimizer(model, model_config(name == "direction"))
         state["transforms"][name] = model.data_transform()
     seconds: dict[str, list[float]] = {name: [] for name in models}
     for k in range(args.warmup + args.steps):
