@@ -18,19 +18,18 @@ import argparse
 import json
 import platform
 import statistics
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from panopticlab.config import Config, load_config
 from panopticlab.engine.trainer import build_optimizer
-from panopticlab.data.coco_panoptic import Categories
-from panopticlab.data.synthetic import SHAPES_CATEGORIES, ShapesConfig, generate_sample
+from panopticlab.data.dataset import CocoPanopticDataset
+from panopticlab.data.synthetic import ShapesConfig, generate_split
 from panopticlab.fileio import write_json
-from panopticlab.masks import masks_to_boxes
 from panopticlab.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,27 +42,11 @@ DIRECTION = [
 ]
 
 
-def shapes_items(n: int, seed: int = 0) -> list[dict]:
-    """Dataset-like items with amodal instances, as the shapes dataset reader gives them."""
-    categories = Categories(SHAPES_CATEGORIES)
-    items = []
-    for k in range(n):
-        s = generate_sample(replace(ShapesConfig(), height=128, width=128, overlap=0.8), seed, k)
-        masks = torch.from_numpy(np.stack([i.mask for i in s.instances]))
-        items.append({
-            "image": torch.from_numpy(s.image.transpose(2, 0, 1).copy()),
-            "image_id": k,
-            "panoptic": s.panoptic,
-            "instances": {
-                "masks": masks,
-                "boxes": masks_to_boxes(masks),
-                "labels": torch.tensor([categories.to_contiguous(i.category_id) for i in s.instances]),
-                "iscrowd": torch.tensor([i.iscrowd for i in s.instances]),
-                "depth": torch.tensor([i.depth for i in s.instances]),
-                "panoptic_segment_ids": torch.tensor([i.panoptic_segment_id or 0 for i in s.instances]),
-            },
-        })  # fmt: skip
-    return items
+def shapes_items(n: int, folder: Path) -> list[dict]:
+    """n items of a shapes split (128 px, overlap 0.8) as the trainer's dataset reads them."""
+    generate_split(folder, n, replace(ShapesConfig(), height=128, width=128, overlap=0.8), seed=0, split="train")
+    dataset = CocoPanopticDataset.from_split_folder(folder / "train")
+    return [dataset[k] for k in range(n)]
 
 
 def model_config(direction: bool) -> Config:
@@ -94,7 +77,8 @@ def main() -> None:
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    items = shapes_items(args.batch)
+    with tempfile.TemporaryDirectory() as folder:
+        items = shapes_items(args.batch, Path(folder))
     models = {"released": make_model(False, 0), "direction": make_model(True, 0)}
     state = {"optimizers": {}, "transforms": {}}
     for name, model in models.items():

@@ -15,16 +15,9 @@ from panopticlab.evaluation.overlap import front_from_depth
 from panopticlab.masks import overlap_graph
 from panopticlab.models.sognet import RelationModule
 from panopticlab.models.sognet.relation import direction_loss, direction_target, mask_geometry_encoding
+from test_sognet_relation import strips
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def strips(ranges: list[tuple[int, int]], length: int = 100) -> torch.Tensor:
-    """Masks [N, 1, length], mask k set on columns ranges[k][0] .. ranges[k][1] - 1."""
-    masks = torch.zeros(len(ranges), 1, length, dtype=torch.bool)
-    for k, (a, b) in enumerate(ranges):
-        masks[k, 0, a:b] = True
-    return masks
 
 
 def target_of(amodal: list[tuple[int, int]], visible: list[tuple[int, int]]) -> torch.Tensor:

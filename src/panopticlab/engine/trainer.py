@@ -35,6 +35,7 @@ from panopticlab.engine.metrics import MetricsWriter, format_record
 from panopticlab.engine.schedule import TimeBudget, lr_factor, set_learning_rate
 from panopticlab.errors import InputError
 from panopticlab.models import build_model
+from panopticlab.models.base import PanopticModel
 from panopticlab.models.norm import convert_sync_batchnorm_if_distributed
 from panopticlab.progress import ProgressFactory, no_progress, progress_bar
 from panopticlab.weights import save_weights
@@ -349,13 +350,12 @@ class _Window:
         return record
 
 
-def build_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
+def build_optimizer(model: PanopticModel, config: Config) -> torch.optim.Optimizer:
     """Adam (torch's betas and eps, detectron2's Panoptic-DeepLab choice) or SGD with momentum;
     one weight decay for every parameter (the recipe's is 0); the model's parameter groups
     (``PanopticModel.parameter_groups``: each with its ``lr_scale``)."""
     s = config.solver
-    groups = model.parameter_groups() if hasattr(model, "parameter_groups") else [{"params": list(model.parameters())}]
-    params = [group for group in groups if group["params"]]
+    params = [group for group in model.parameter_groups() if group["params"]]
     if s.optimizer == "adam":
         return torch.optim.Adam(params, lr=s.base_lr, weight_decay=s.weight_decay)
     return torch.optim.SGD(params, lr=s.base_lr, momentum=s.momentum, weight_decay=s.weight_decay)
